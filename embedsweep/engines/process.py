@@ -1,0 +1,166 @@
+"""Run one engine server as a supervised subprocess.
+
+The server gets its own process group (so engines that fork workers are stopped whole), its
+output goes to the run's server.log, readiness is polled on ``/health`` with a timeout while
+watching for an early exit, and stopping is SIGTERM to the group, then SIGKILL after a grace
+period. Secrets are passed through the environment and redacted from the logged command line.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from embedsweep.errors import ServerError
+
+__all__ = ["ServerProcess", "free_port", "tail"]
+
+_PORT_IN_USE = ("address already in use", "errno 98", "only one usage of each socket address")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the server may still lose a race: see port_in_use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 20) -> list[str]:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+class ServerProcess:
+    """A server subprocess; use as a context manager so it is stopped on every exit path."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        log_path: Path,
+        host: str,
+        port: int,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self.host = host
+        self.port = port
+        self._secrets = tuple(s for s in secrets if s)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            log.write(f"# embedsweep: {self.redact(shlex.join(self.argv))}\n".encode())
+            log.flush()
+            try:
+                self.proc = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **self.env},
+                    start_new_session=True,
+                )
+            except FileNotFoundError:
+                raise ServerError(
+                    f"engine command not found: {self.argv[0]}", code="engine_not_installed"
+                ) from None
+
+    def _healthy(self) -> bool:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=2)
+        try:
+            conn.request("GET", "/health")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    def wait_healthy(self, timeout_s: float) -> float:
+        """Seconds until ``/health`` answered 200; raises ServerError on exit or timeout."""
+        assert self.proc is not None, "start() first"
+        started = time.monotonic()
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                last = tail(self.log_path, 40)
+                lowered = "\n".join(last).lower()
+                if any(marker in lowered for marker in _PORT_IN_USE):
+                    raise ServerError(
+                        f"port {self.port} was taken before the server bound it",
+                        code="port_in_use",
+                        transient=True,
+                    )
+                detail = self.redact(last[-1]) if last else "no output"
+                raise ServerError(
+                    f"server exited with code {code} before becoming healthy: {detail}",
+                    code="server_crashed",
+                )
+            if self._healthy():
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout_s:
+                raise ServerError(
+                    f"server not healthy after {timeout_s:.0f} s", code="startup_timeout", transient=True
+                )
+            time.sleep(0.25)
+
+    def stop(self, grace_s: float = 15.0) -> int | None:
+        """Stop the whole process group; returns the server's exit code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                proc.wait(timeout=grace_s)
+        # Workers an engine forked may outlive the leader: sweep the group once more.
+        self._signal(signal.SIGKILL)
+        return proc.returncode
+
+    def _signal(self, sig: int) -> None:
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

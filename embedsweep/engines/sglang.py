@@ -1,0 +1,35 @@
+"""SGLang as an engine: ``python -m sglang.launch_server --is-embedding``. SGLang rejects an input
+of ``>= context length`` tokens, so the context length is one more than the longest input."""
+
+from __future__ import annotations
+
+from embedsweep.engines.base import Launch
+
+__all__ = ["SGLangAdapter"]
+
+
+class SGLangAdapter:
+    name = "sglang"
+
+    def command(self, launch: Launch) -> list[str]:
+        argv = [*(launch.command or ("python", "-m", "sglang.launch_server"))]
+        argv += [
+            "--model-path", str(launch.model_path),
+            "--is-embedding",
+            "--served-model-name", launch.served_name,
+            "--host", launch.host,
+            "--port", str(launch.port),
+            "--context-length", str(launch.max_input_tokens + 1),
+            "--dtype", launch.dtype,
+            "--mem-fraction-static", str(launch.gpu_memory_utilization),
+            "--tp-size", str(launch.tensor_parallel_size),
+            "--api-key", launch.api_key,
+        ]  # fmt: skip
+        if launch.revision:
+            argv += ["--revision", launch.revision]
+        if launch.trust_remote_code:
+            argv.append("--trust-remote-code")
+        return argv
+
+    def environment(self, launch: Launch) -> dict[str, str]:
+        return {"CUDA_VISIBLE_DEVICES": ",".join(launch.devices), **launch.env}

@@ -1,0 +1,88 @@
+"""``python -m embedsweep.hfserver``: load a model and serve it (see the package docstring).
+
+The API key is read from ``EMBEDSWEEP_API_KEY`` so that it never appears on a command line or in
+server.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m embedsweep.hfserver",
+        description="The built-in OpenAI-compatible embedding server.",
+    )
+    parser.add_argument("--model", required=True, type=Path, help="model folder")
+    parser.add_argument("--served-model-name", default=None, help="name in /v1/models")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-model-len", type=int, default=None, help="longest input (tokens)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: cuda if any)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--max-batch-inputs", type=int, default=256)
+    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("embedsweep.hfserver")
+    started = time.monotonic()
+
+    import torch
+    import uvicorn
+
+    from embedsweep.hfserver.app import build_app
+    from embedsweep.hfserver.batcher import Batcher
+    from embedsweep.hfserver.embedder import Embedder
+    from embedsweep.hub import read_model_dir
+    from embedsweep.preflight import max_input_tokens
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    meta = read_model_dir(args.model.resolve())
+    limit = args.max_model_len or max_input_tokens(meta, "hf") or 512
+    log.info("loading %s on %s (dtype %s, max input %d tokens)", args.model, device, args.dtype, limit)
+    embedder = Embedder(
+        args.model, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+    )
+    batcher = Batcher(
+        embedder,
+        max_input_tokens=limit,
+        max_batch_inputs=args.max_batch_inputs,
+        max_batch_tokens=args.max_batch_tokens,
+    )
+    batcher.start()
+    name = args.served_model_name or args.model.name
+    app = build_app(batcher, served_name=name, api_key=os.environ.get("EMBEDSWEEP_API_KEY"))
+    log.info("model loaded in %.1f s; serving %s on http://%s:%d", time.monotonic() - started, name, args.host, args.port)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        access_log=False,
+        http="httptools",
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        timeout_keep_alive=300,
+    )
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        batcher.stop()
+        log.info("served %d inputs in %d batches", batcher.inputs, batcher.batches)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""Preflight: can this engine serve this model at this input length on this pool? Answered from
+metadata alone, before any server starts. Pure functions over :class:`~embedsweep.hub.ModelMeta`.
+
+Length rules mirror each engine (research/ENGINES.md):
+
+* vLLM: the smallest config length key; capped by the tokenizer's ``model_max_length`` for
+  absolute-position models; ``sentence_bert_config.json``'s ``max_seq_length`` overrides. An input
+  of exactly that many tokens is accepted.
+* SGLang: the first of its config keys, no tokenizer or sentence-transformers cap; an input of
+  ``>= context length`` tokens is rejected, so the longest accepted input is one less.
+* hf (built-in server, the project's own rule): the vLLM rule, so a cell's limit does not change
+  when it falls back from vLLM to hf; an input of exactly the limit is accepted.
+
+Memory: weights converted to the served dtype, times 1.2 for activations and the engine's
+buffers, plus 1.5 GB for the CUDA context, must fit in ``gpu_memory_gb × gpu_memory_utilization ×
+tensor_parallel_size``. CPU pools (``gpu_memory_gb: 0``) skip the check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embedsweep.hub import ModelMeta
+from embedsweep.records import PreflightResult, Reason
+from embedsweep.registry import snapshot_for, support
+
+__all__ = [
+    "PoolLimits",
+    "max_input_tokens",
+    "required_gpu_memory_gb",
+    "run_preflight",
+]
+
+_VLLM_LENGTH_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "model_max_length",
+    "max_sequence_length",
+    "max_seq_length",
+    "seq_len",
+)
+_SGLANG_LENGTH_KEYS = (
+    "max_sequence_length",
+    "seq_length",
+    "max_seq_len",
+    "model_max_length",
+    "max_position_embeddings",
+)
+# tokenizer_config.json uses a huge sentinel (int(1e30)) for "no limit".
+_TOKENIZER_NO_LIMIT = 1_000_000_000
+NON_COMMERCIAL = ("-nc", "non-commercial", "noncommercial")
+RUNTIME_FACTOR = 1.2
+RUNTIME_OVERHEAD_GB = 1.5
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    """The part of a pool the preflight looks at."""
+
+    gpu_memory_gb: float = 0.0
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+
+
+def _text_config(meta: ModelMeta) -> dict[str, object]:
+    # Multimodal and wrapper configs keep the language model's lengths in text_config.
+    inner = meta.config.get("text_config")
+    return inner if isinstance(inner, dict) else meta.config
+
+
+def _is_absolute_position(config: dict[str, object]) -> bool:
+    if config.get("rope_scaling") or config.get("rope_theta") or config.get("rope_parameters"):
+        return False
+    return config.get("position_embedding_type", "absolute") == "absolute"
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def max_input_tokens(meta: ModelMeta, engine: str) -> int | None:
+    """The longest input, in tokens with special tokens, that ``engine`` accepts for this model."""
+    config = _text_config(meta)
+    if engine == "sglang":
+        for key in _SGLANG_LENGTH_KEYS:
+            value = _int(config.get(key))
+            if value is not None:
+                return value - 1
+        return None
+    lengths = [v for k in _VLLM_LENGTH_KEYS if (v := _int(config.get(k))) is not None]
+    limit = min(lengths) if lengths else None
+    tok_max = _int(meta.tokenizer_config.get("model_max_length"))
+    if tok_max is not None and tok_max < _TOKENIZER_NO_LIMIT and _is_absolute_position(config):
+        limit = tok_max if limit is None else min(limit, tok_max)
+    st_max = _int((meta.sentence_bert_config or {}).get("max_seq_length"))
+    if st_max is not None:
+        limit = st_max
+    return limit
+
+
+def required_gpu_memory_gb(meta: ModelMeta, dtype: str) -> float | None:
+    weights = meta.served_weight_bytes(dtype)
+    if weights is None:
+        return None
+    return weights / 1e9 * RUNTIME_FACTOR + RUNTIME_OVERHEAD_GB
+
+
+def _architecture_reasons(
+    meta: ModelMeta, engine: str, version: str | None, trusted: bool
+) -> list[Reason]:
+    arch = meta.architecture
+    if arch is None:
+        return [
+            Reason(
+                code="invalid_model_files",
+                severity="block",
+                message="config.json names no architectures",
+            )
+        ]
+    sup = support(engine, version, arch, has_auto_map=bool(meta.auto_map))
+    if sup.served:
+        return []
+    if sup.kind == "custom_code":
+        if trusted:
+            return []
+        return [
+            Reason(
+                code="trust_remote_code_required",
+                severity="block",
+                message=(
+                    f"{arch} is implemented by the model's own code (auto_map); trust this model "
+                    "by name (trust_remote_code: true, or --trust-remote-code) to run it"
+                ),
+            )
+        ]
+    where = f"{engine} {sup.snapshot_version}" if sup.snapshot_version else engine
+    return [
+        Reason(
+            code="unsupported_architecture",
+            severity="block",
+            message=f"{where} does not serve {arch} as an embedding model",
+        )
+    ]
+
+
+def _length_reasons(limit: int | None, chunk_size: int, engine: str) -> list[Reason]:
+    if limit is None:
+        return [
+            Reason(
+                code="invalid_model_files",
+                severity="warn",
+                message="no length limit found in config.json; chunk size not checked",
+            )
+        ]
+    if chunk_size > limit:
+        return [
+            Reason(
+                code="exceeds_context",
+                severity="block",
+                message=(
+                    f"chunk size {chunk_size} exceeds the longest input {engine} accepts for this "
+                    f"model ({limit} tokens)"
+                ),
+            )
+        ]
+    return []
+
+
+def _memory_reasons(meta: ModelMeta, dtype: str, pool: PoolLimits) -> list[Reason]:
+    if pool.gpu_memory_gb <= 0:
+        return []
+    need = required_gpu_memory_gb(meta, dtype)
+    if need is None:
+        return [
+            Reason(
+                code="invalid_model_files",
+                severity="warn",
+                message="weight size unknown (no safetensors index or weight files); memory not checked",
+            )
+        ]
+    have = pool.gpu_memory_gb * pool.gpu_memory_utilization * pool.tensor_parallel_size
+    if need > have:
+        return [
+            Reason(
+                code="insufficient_gpu_memory",
+                severity="block",
+                message=(
+                    f"needs about {need:.1f} GB (weights in {dtype} × {RUNTIME_FACTOR} + "
+                    f"{RUNTIME_OVERHEAD_GB} GB), the pool gives {have:.1f} GB"
+                ),
+            )
+        ]
+    return []
+
+
+def _license_reasons(meta: ModelMeta) -> list[Reason]:
+    lic = meta.license
+    if lic and any(marker in lic for marker in NON_COMMERCIAL):
+        return [
+            Reason(
+                code="non_commercial_license",
+                severity="warn",
+                message=f"license {lic} does not allow commercial use",
+            )
+        ]
+    return []
+
+
+def _check(
+    meta: ModelMeta,
+    *,
+    engine: str,
+    version: str | None,
+    chunk_size: int,
+    pool: PoolLimits,
+    trusted: bool,
+    dtype: str,
+) -> tuple[list[Reason], int | None]:
+    limit = max_input_tokens(meta, engine)
+    reasons = [
+        *_architecture_reasons(meta, engine, version, trusted),
+        *_length_reasons(limit, chunk_size, engine),
+        *_memory_reasons(meta, dtype, pool),
+        *_license_reasons(meta),
+    ]
+    return reasons, limit
+
+
+def run_preflight(
+    meta: ModelMeta,
+    *,
+    model: str,
+    engine: str,
+    chunk_size: int,
+    engine_version: str | None = None,
+    pool: PoolLimits | None = None,
+    trust_remote_code: bool = False,
+    dtype: str = "auto",
+    fallback_engine: str | None = None,
+) -> PreflightResult:
+    """The verdict for one cell. ``fallback_engine`` is named in the result when the engine cannot
+    serve the architecture and the fallback passes every check."""
+    pool = pool or PoolLimits()
+    if engine != "hf" and engine_version is None:
+        snap = snapshot_for(engine, None)
+        engine_version = snap.version if snap else None
+    reasons, limit = _check(
+        meta,
+        engine=engine,
+        version=engine_version,
+        chunk_size=chunk_size,
+        pool=pool,
+        trusted=trust_remote_code,
+        dtype=dtype,
+    )
+    blocked = any(r.severity == "block" for r in reasons)
+    fallback = None
+    unsupported = any(r.code == "unsupported_architecture" for r in reasons)
+    if blocked and unsupported and fallback_engine and fallback_engine != engine:
+        fb_reasons, _ = _check(
+            meta,
+            engine=fallback_engine,
+            version=None,
+            chunk_size=chunk_size,
+            pool=pool,
+            trusted=trust_remote_code,
+            dtype=dtype,
+        )
+        if not any(r.severity == "block" for r in fb_reasons):
+            fallback = fallback_engine
+    return PreflightResult(
+        model=model,
+        engine=engine,
+        engine_version=engine_version,
+        architecture=meta.architecture,
+        chunk_size=chunk_size,
+        max_input_tokens=limit,
+        verdict="blocked" if blocked else "ok",
+        reasons=reasons,
+        fallback_engine=fallback,
+    )

@@ -1,0 +1,130 @@
+"""Typed records that cross module boundaries: preflight verdicts, load-level summaries and the
+run manifest (``run.json``) that a cell writes and the warehouse ingests.
+
+A run directory holds ``run.json`` (a :class:`RunManifest`), ``requests.parquet`` (one row per
+request, columns in :data:`REQUEST_COLUMNS`) and ``server.log``. It is the unit of ingest: the
+warehouse takes a whole run or none of it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "REQUEST_COLUMNS",
+    "CellStatus",
+    "LatencyMs",
+    "LevelSummary",
+    "PreflightResult",
+    "Reason",
+    "RunManifest",
+    "Severity",
+]
+
+Severity = Literal["block", "warn"]
+CellStatus = Literal["ok", "blocked", "failed", "cancelled"]
+
+# requests.parquet columns, in order. start_ns is relative to the level's clock start
+# (perf_counter_ns); status is the HTTP status, 0 when no response arrived; prompt_tokens is -1
+# when the response carried no usage.
+REQUEST_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "concurrency",
+    "seq",
+    "start_ns",
+    "latency_ns",
+    "status",
+    "prompt_tokens",
+    "expected_tokens",
+    "error",
+)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Reason(_Frozen):
+    """One preflight finding; ``code`` is a stable reason code (see ARCHITECTURE.md)."""
+
+    code: str
+    severity: Severity
+    message: str
+
+
+class PreflightResult(_Frozen):
+    """The preflight's answer for one (model, engine, engine version, chunk size, pool)."""
+
+    model: str
+    engine: str
+    engine_version: str | None
+    architecture: str | None
+    chunk_size: int
+    max_input_tokens: int | None
+    verdict: Literal["ok", "blocked"]
+    reasons: list[Reason] = Field(default_factory=list)
+    fallback_engine: str | None = None
+
+    @property
+    def blocking(self) -> list[Reason]:
+        return [r for r in self.reasons if r.severity == "block"]
+
+
+class LatencyMs(_Frozen):
+    mean: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    max: float
+
+
+class LevelSummary(_Frozen):
+    """Metrics of one load level (one concurrency) of one run; computed by ``embedsweep.metrics``."""
+
+    concurrency: int
+    requests: int
+    ok: int
+    errors: int
+    errors_by_cause: dict[str, int] = Field(default_factory=dict)
+    duration_s: float
+    throughput_rps: float
+    inputs_per_s: float
+    input_tokens_per_s: float
+    latency_ms: LatencyMs
+    prompt_tokens_mismatch: int
+    achieved_concurrency: float
+    valid: bool
+    cost_per_million_tokens: float | None = None
+
+
+class RunManifest(_Frozen):
+    """Everything about one cell's run except the per-request rows; written as ``run.json``."""
+
+    run_id: str
+    sweep_run_id: str
+    sweep_name: str
+    cell_id: str
+    model: str
+    model_ref: str
+    engine: str
+    planned_engine: str
+    pool: str
+    gpu_model: str
+    gpu_count: int
+    cost_per_gpu_hour: float
+    chunk_size: int
+    batch_size: int
+    status: CellStatus
+    reason: str | None = None
+    message: str | None = None
+    engine_version: str | None = None
+    max_input_tokens: int | None = None
+    time_to_healthy_s: float | None = None
+    seed: int = 0
+    started_at: str
+    finished_at: str
+    preflight: list[PreflightResult] = Field(default_factory=list)
+    levels: list[LevelSummary] = Field(default_factory=list)

