@@ -271,9 +271,7 @@ def validate(
 @app.command()
 def report(
     warehouse: WarehouseOpt = DEFAULT_WAREHOUSE,
-    fmt: Annotated[
-        str, typer.Option("--format", "-f", help="table, markdown or json.")
-    ] = "table",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, markdown or json.")] = "table",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
     sweep_run_id: Annotated[
         str | None, typer.Option(help="Only this sweep run (default: latest run of every cell).")
@@ -303,7 +301,9 @@ def report(
 @app.command()
 def sql(
     query: Annotated[str | None, typer.Argument(help="SQL to run (read-only).")] = None,
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the SQL from a file.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Read the SQL from a file.")
+    ] = None,
     warehouse: WarehouseOpt = DEFAULT_WAREHOUSE,
     as_json: JsonFlag = False,
 ) -> None:
@@ -343,7 +343,9 @@ def sql(
 
 @app.command()
 def serve(
-    model: Annotated[str, typer.Argument(help="Model folder, package:MODULE, or hub id.")] = DEFAULT_MODEL,
+    model: Annotated[
+        str, typer.Argument(help="Model folder, package:MODULE, or hub id.")
+    ] = DEFAULT_MODEL,
     engine: Annotated[str, typer.Option(help="Only the built-in 'hf' is served directly.")] = "hf",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
@@ -361,7 +363,12 @@ def serve(
         meta = resolve_model(model)
     except ModelError as exc:
         _fail(exc.message)
-    argv = ["--model", str(meta.path), "--served-model-name", model.rsplit("/", 1)[-1].removeprefix("package:")]
+    argv = [
+        "--model",
+        str(meta.path),
+        "--served-model-name",
+        model.rsplit("/", 1)[-1].removeprefix("package:"),
+    ]
     argv += ["--host", host, "--port", str(port), "--dtype", dtype]
     if device:
         argv += ["--device", device]

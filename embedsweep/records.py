@@ -82,7 +82,7 @@ class LatencyMs(_Frozen):
 
 
 class LevelSummary(_Frozen):
-    """Metrics of one load level (one concurrency) of one run; computed by ``embedsweep.metrics``."""
+    """Metrics of one load level (one concurrency) of one run, from ``embedsweep.metrics``."""
 
     concurrency: int
     requests: int

@@ -22,7 +22,11 @@ __all__ = ["sweep"]
 
 
 def _record_sweep(
-    warehouse: Path, spec: SweepSpec, sweep_run_id: str, started: datetime, finished: datetime | None
+    warehouse: Path,
+    spec: SweepSpec,
+    sweep_run_id: str,
+    started: datetime,
+    finished: datetime | None,
 ) -> None:
     con = store.open_warehouse(warehouse)
     try:
@@ -88,7 +92,12 @@ def sweep(
                 advance(1, f"{cell.label}: {manifest.status} ({manifest.reason})")
             counts[manifest.status] += 1
             ingest_run_task(db, spec.artifacts / sweep_run_id / manifest.run_id)
-            logger.info("%s: %s%s", cell.label, manifest.status, f" ({manifest.reason})" if manifest.reason else "")
+            logger.info(
+                "%s: %s%s",
+                cell.label,
+                manifest.status,
+                f" ({manifest.reason})" if manifest.reason else "",
+            )
     _record_sweep(db, spec, sweep_run_id, started, datetime.now(UTC))
     summary = {"sweep_run_id": sweep_run_id, "warehouse": str(db), "cells": len(cells), **counts}
     logger.info("sweep finished: %s", json.dumps(summary))

@@ -37,7 +37,11 @@ def _transient_only(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-@task(name="preflight", cache_policy=NO_CACHE, task_run_name="preflight {cell.engine}/{cell.chunk_size}")
+@task(
+    name="preflight",
+    cache_policy=NO_CACHE,
+    task_run_name="preflight {cell.engine}/{cell.chunk_size}",
+)
 def preflight_task(
     cell: Cell, fallback_engine: str | None
 ) -> tuple[list[PreflightResult], ModelMeta | None]:

@@ -8,6 +8,7 @@ period. Secrets are passed through the environment and redacted from the logged 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shlex
@@ -126,7 +127,9 @@ class ServerProcess:
                 return time.monotonic() - started
             if time.monotonic() - started > timeout_s:
                 raise ServerError(
-                    f"server not healthy after {timeout_s:.0f} s", code="startup_timeout", transient=True
+                    f"server not healthy after {timeout_s:.0f} s",
+                    code="startup_timeout",
+                    transient=True,
                 )
             time.sleep(0.25)
 
@@ -148,10 +151,8 @@ class ServerProcess:
 
     def _signal(self, sig: int) -> None:
         assert self.proc is not None
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def __enter__(self) -> ServerProcess:
         self.start()

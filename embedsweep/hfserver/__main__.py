@@ -27,7 +27,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-model-len", type=int, default=None, help="longest input (tokens)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: cuda if any)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"]
+    )
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--max-batch-inputs", type=int, default=256)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
@@ -36,7 +38,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     log = logging.getLogger("embedsweep.hfserver")
     started = time.monotonic()
 
@@ -52,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     meta = read_model_dir(args.model.resolve())
     limit = args.max_model_len or max_input_tokens(meta, "hf") or 512
-    log.info("loading %s on %s (dtype %s, max input %d tokens)", args.model, device, args.dtype, limit)
+    log.info(
+        "loading %s on %s (dtype %s, max input %d tokens)", args.model, device, args.dtype, limit
+    )
     embedder = Embedder(
         args.model, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
     )
@@ -65,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     batcher.start()
     name = args.served_model_name or args.model.name
     app = build_app(batcher, served_name=name, api_key=os.environ.get("EMBEDSWEEP_API_KEY"))
-    log.info("model loaded in %.1f s; serving %s on http://%s:%d", time.monotonic() - started, name, args.host, args.port)
+    log.info(
+        "model loaded in %.1f s; serving %s on http://%s:%d",
+        time.monotonic() - started,
+        name,
+        args.host,
+        args.port,
+    )
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -105,7 +105,10 @@ def build_app(batcher: Batcher, *, served_name: str, api_key: str | None) -> Sta
                 "created": int(time.time()),
                 "model": served_name,
                 "data": data,
-                "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+                "usage": {
+                    "prompt_tokens": result.prompt_tokens,
+                    "total_tokens": result.prompt_tokens,
+                },
             }
         )
 

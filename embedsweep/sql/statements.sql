@@ -1,0 +1,104 @@
+-- Statements the store runs, one per "-- name:" header; store.py binds every value with "?".
+-- Files named NNNN_*.sql are migrations; this file is not one and never changes the schema.
+
+-- name: create_schema_migrations
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       VARCHAR NOT NULL,
+    applied_at TIMESTAMP NOT NULL
+);
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations ORDER BY version;
+
+-- name: has_schema_migrations
+SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations';
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?);
+
+-- name: upsert_sweep
+INSERT INTO sweeps (sweep_run_id, sweep_name, started_at, finished_at, spec)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (sweep_run_id) DO UPDATE SET
+    sweep_name = excluded.sweep_name,
+    started_at = excluded.started_at,
+    finished_at = excluded.finished_at,
+    spec = excluded.spec;
+
+-- name: run_exists
+SELECT count(*) FROM runs WHERE run_id = ?;
+
+-- name: insert_run
+INSERT INTO runs (
+    run_id, sweep_run_id, sweep_name, cell_id, model, model_ref, engine, planned_engine, pool,
+    gpu_model, gpu_count, cost_per_gpu_hour, chunk_size, batch_size, status, reason, message,
+    engine_version, max_input_tokens, time_to_healthy_s, seed, started_at, finished_at, ingested_at
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: insert_preflight_reason
+INSERT INTO preflight_reasons (
+    run_id, engine, engine_version, architecture, verdict, max_input_tokens, fallback_engine,
+    code, severity, message
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: insert_result
+INSERT INTO results (
+    run_id, concurrency, requests, ok, errors, errors_by_cause, duration_s, throughput_rps,
+    inputs_per_s, input_tokens_per_s, latency_mean_ms, p50_ms, p90_ms, p95_ms, p99_ms, max_ms,
+    prompt_tokens_mismatch, achieved_concurrency, valid, cost_per_million_tokens
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: foreign_request_rows
+-- Rows of a run's requests.parquet that name another run (or none): a mixed-up artifact.
+SELECT count(*) FROM incoming_requests WHERE run_id IS DISTINCT FROM ?;
+
+-- name: insert_requests
+INSERT INTO requests (
+    run_id, concurrency, seq, start_ns, latency_ns, status, prompt_tokens, expected_tokens, error
+)
+SELECT run_id, concurrency, seq, start_ns, latency_ns, status, prompt_tokens, expected_tokens, error
+FROM incoming_requests;
+
+-- name: report_rows
+-- Bound twice with the sweep run id: NULL gives the latest run of every cell across all sweeps,
+-- a value gives the latest run of each cell within that sweep run.
+SELECT
+    sweep,
+    sweep_run_id,
+    cell_id,
+    model,
+    engine,
+    planned_engine,
+    engine_version,
+    pool,
+    gpu_model,
+    chunk_size,
+    batch_size,
+    concurrency,
+    status,
+    reason,
+    message,
+    requests,
+    ok,
+    errors,
+    throughput_rps,
+    inputs_per_s,
+    input_tokens_per_s,
+    p50_ms,
+    p90_ms,
+    p95_ms,
+    p99_ms,
+    max_ms,
+    mean_ms,
+    prompt_tokens_mismatch,
+    valid,
+    cost_per_million_tokens,
+    run_id,
+    strftime(started_at, '%Y-%m-%dT%H:%M:%SZ') AS started_at
+FROM v_results
+WHERE CASE
+    WHEN CAST(? AS VARCHAR) IS NULL THEN is_latest
+    ELSE sweep_run_id = CAST(? AS VARCHAR) AND is_latest_in_sweep
+END
+ORDER BY model, engine, pool, chunk_size, batch_size, concurrency NULLS FIRST, run_id;

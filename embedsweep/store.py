@@ -1,0 +1,458 @@
+"""The DuckDB warehouse: opening it (waiting for the single-writer lock), schema migrations,
+idempotent ingest of run directories, and read queries.
+
+Schema and statements live in ``embedsweep/sql``: ``NNNN_*.sql`` files are migrations, applied in
+order and recorded in ``schema_migrations``; ``statements.sql`` holds the named statements this
+module runs, every value bound with ``?``. A run directory is ingested whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from functools import cache
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import ValidationError
+
+from embedsweep.errors import ConfigError, EmbedsweepError
+from embedsweep.records import REQUEST_COLUMNS, RunManifest
+
+__all__ = [
+    "STORAGE_COMPATIBILITY_VERSION",
+    "Migration",
+    "ingest_run",
+    "ingest_runs",
+    "migrations",
+    "open_warehouse",
+    "query",
+    "record_sweep",
+    "report_rows",
+]
+
+# DuckDB 2.0 writes storage version 69 by default, which the duckdb CLI on PyPI (duckdb-cli 1.5.x,
+# the only pip-installable one) cannot open. Writing the 1.5 format keeps the warehouse readable by
+# that CLI; it costs nothing the schema uses.
+STORAGE_COMPATIBILITY_VERSION = "v1.5.0"
+
+_LOCK_MESSAGE = "Could not set lock"
+_MAX_LOCK_BACKOFF_S = 1.0
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
+_STATEMENT_HEADER = re.compile(r"^--\s*name:\s*([a-z_]+)\s*$")
+# The name requests.parquet is registered under for the length of one ingest; statements.sql
+# reads from it.
+_INCOMING_REQUESTS = "incoming_requests"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema migration file shipped in ``embedsweep/sql``."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def _sql_dir() -> Traversable:
+    return resources.files("embedsweep").joinpath("sql")
+
+
+@cache
+def migrations() -> tuple[Migration, ...]:
+    """The packaged migrations in version order."""
+    found: dict[int, Migration] = {}
+    for entry in _sql_dir().iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match is None:
+            continue
+        version = int(match.group(1))
+        if version in found:
+            # Two files with one number would apply in an arbitrary order: a packaging bug.
+            raise EmbedsweepError(f"two migrations numbered {version:04d} in embedsweep/sql")
+        found[version] = Migration(version, entry.name, entry.read_text(encoding="utf-8"))
+    return tuple(found[v] for v in sorted(found))
+
+
+@cache
+def _statements() -> dict[str, str]:
+    text = _sql_dir().joinpath("statements.sql").read_text(encoding="utf-8")
+    statements: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        header = _STATEMENT_HEADER.match(line)
+        if header is not None:
+            current = statements.setdefault(header.group(1), [])
+        elif current is not None:
+            current.append(line)
+    return {name: "\n".join(lines).strip() for name, lines in statements.items()}
+
+
+def _statement(name: str) -> str:
+    return _statements()[name]
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _utc_naive(moment: datetime) -> datetime:
+    # Columns are zone-less UTC; a naive datetime is taken to be UTC already.
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _connect(path: Path, *, read_only: bool, lock_timeout_s: float) -> duckdb.DuckDBPyConnection:
+    # DuckDB allows one writing process per file, and a reader also holds the lock; a cell loader
+    # and a user's `embedsweep sql` may meet here, so wait for the other side rather than fail.
+    config: dict[str, str | bool | int | float | list[str]] = (
+        {} if read_only else {"storage_compatibility_version": STORAGE_COMPATIBILITY_VERSION}
+    )
+    deadline = time.monotonic() + lock_timeout_s
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only, config=config)
+        except duckdb.IOException as exc:
+            detail = _first_line(exc)
+            if _LOCK_MESSAGE not in str(exc):
+                raise ConfigError(f"cannot open warehouse {path}: {detail}") from exc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise EmbedsweepError(
+                    f"warehouse {path} is locked by another process; gave up after "
+                    f"{lock_timeout_s:g} s ({detail})",
+                    code="warehouse_locked",
+                ) from exc
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, _MAX_LOCK_BACKOFF_S)
+
+
+def _applied_versions(con: duckdb.DuckDBPyConnection) -> set[int]:
+    rows = con.execute(_statement("applied_migrations")).fetchall()
+    return {int(row[0]) for row in rows}
+
+
+def _migrate(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(_statement("create_schema_migrations"))
+    applied = _applied_versions(con)
+    for migration in migrations():
+        if migration.version in applied:
+            continue
+        # DDL is transactional in DuckDB: a failing migration leaves the schema as it was.
+        con.begin()
+        try:
+            con.execute(migration.sql)
+            con.execute(_statement("record_migration"), [migration.version, migration.name, _now()])
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+
+
+def _check_current(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    applied = _applied_versions(con) if _scalar(con, "has_schema_migrations") else set()
+    missing = [m.name for m in migrations() if m.version not in applied]
+    if missing:
+        raise ConfigError(
+            f"warehouse {path} predates this embedsweep (missing {', '.join(missing)}); "
+            "open it read-write once (ingest a run) to migrate it"
+        )
+
+
+def open_warehouse(
+    path: Path, *, read_only: bool = False, lock_timeout_s: float = 60.0
+) -> duckdb.DuckDBPyConnection:
+    """Open (creating when writing) the warehouse at ``path`` with its schema up to date.
+
+    Waits up to ``lock_timeout_s`` for another process's lock, then raises
+    ``EmbedsweepError(code="warehouse_locked")``. A read-only open of a missing file, or of a
+    warehouse whose migrations are not all applied, raises :class:`ConfigError`.
+    """
+    path = Path(path)
+    if read_only and not path.exists():
+        raise ConfigError(f"no warehouse at {path}; run a sweep first")
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    con = _connect(path, read_only=read_only, lock_timeout_s=lock_timeout_s)
+    try:
+        if read_only:
+            _check_current(con, path)
+        else:
+            _migrate(con)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def record_sweep(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    sweep_run_id: str,
+    sweep_name: str,
+    spec_json: str,
+    started_at: datetime,
+    finished_at: datetime | None,
+) -> None:
+    """Insert or update one sweep run (call it at the start and again at the end)."""
+    try:
+        json.loads(spec_json)
+    except ValueError as exc:
+        raise ConfigError(f"sweep {sweep_run_id}: spec_json is not JSON ({exc})") from exc
+    con.execute(
+        _statement("upsert_sweep"),
+        [
+            sweep_run_id,
+            sweep_name,
+            _utc_naive(started_at),
+            None if finished_at is None else _utc_naive(finished_at),
+            spec_json,
+        ],
+    )
+
+
+def _invalid(path: Path, why: str) -> EmbedsweepError:
+    return EmbedsweepError(f"invalid run artifact {path}: {why}", code="invalid_run_artifact")
+
+
+def _read_manifest(path: Path) -> RunManifest:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _invalid(path, exc.strerror or type(exc).__name__) from exc
+    try:
+        return RunManifest.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "document"
+        raise _invalid(
+            path, f"{exc.error_count()} error(s), first at {where}: {first['msg']}"
+        ) from exc
+
+
+def _timestamp(value: str, field: str, path: Path) -> datetime:
+    try:
+        return _utc_naive(datetime.fromisoformat(value))
+    except ValueError as exc:
+        raise _invalid(path, f"{field} is not an ISO-8601 time: {value!r}") from exc
+
+
+def _read_requests(path: Path) -> pa.Table:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise _invalid(path, _first_line(exc)) from exc
+    missing = [c for c in REQUEST_COLUMNS if c not in table.column_names]
+    if missing:
+        raise _invalid(path, f"missing column(s) {', '.join(missing)}")
+    return table
+
+
+def _run_row(manifest: RunManifest, path: Path) -> list[object]:
+    m = manifest
+    return [
+        m.run_id,
+        m.sweep_run_id,
+        m.sweep_name,
+        m.cell_id,
+        m.model,
+        m.model_ref,
+        m.engine,
+        m.planned_engine,
+        m.pool,
+        m.gpu_model,
+        m.gpu_count,
+        m.cost_per_gpu_hour,
+        m.chunk_size,
+        m.batch_size,
+        m.status,
+        m.reason,
+        m.message,
+        m.engine_version,
+        m.max_input_tokens,
+        m.time_to_healthy_s,
+        m.seed,
+        _timestamp(m.started_at, "started_at", path),
+        _timestamp(m.finished_at, "finished_at", path),
+        _now(),
+    ]
+
+
+def _preflight_rows(manifest: RunManifest) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for p in manifest.preflight:
+        head: list[object] = [
+            manifest.run_id,
+            p.engine,
+            p.engine_version,
+            p.architecture,
+            p.verdict,
+            p.max_input_tokens,
+            p.fallback_engine,
+        ]
+        # A clean preflight still gets a row: the verdict is the finding worth keeping.
+        reasons: list[list[object]] = [[r.code, r.severity, r.message] for r in p.reasons]
+        rows.extend(head + reason for reason in reasons or [[None, None, None]])
+    return rows
+
+
+def _result_rows(manifest: RunManifest) -> list[list[object]]:
+    return [
+        [
+            manifest.run_id,
+            level.concurrency,
+            level.requests,
+            level.ok,
+            level.errors,
+            json.dumps(level.errors_by_cause, sort_keys=True),
+            level.duration_s,
+            level.throughput_rps,
+            level.inputs_per_s,
+            level.input_tokens_per_s,
+            level.latency_ms.mean,
+            level.latency_ms.p50,
+            level.latency_ms.p90,
+            level.latency_ms.p95,
+            level.latency_ms.p99,
+            level.latency_ms.max,
+            level.prompt_tokens_mismatch,
+            level.achieved_concurrency,
+            level.valid,
+            level.cost_per_million_tokens,
+        ]
+        for level in manifest.levels
+    ]
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, name: str, params: list[object] | None = None) -> Any:
+    # fetchall, not fetchone: DuckDB 2.0 streams results and refuses the next statement on a
+    # connection whose last result was not read to the end.
+    rows = con.execute(_statement(name), params).fetchall()
+    return rows[0][0] if rows else None
+
+
+def _run_exists(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
+    return bool(_scalar(con, "run_exists", [run_id]))
+
+
+def _write_run(
+    con: duckdb.DuckDBPyConnection,
+    manifest: RunManifest,
+    run_row: list[object],
+    requests_path: Path | None,
+) -> bool:
+    con.begin()
+    try:
+        # Asked again inside the transaction: another cursor of this process may have ingested
+        # the same run while the parquet file was being read.
+        if _run_exists(con, manifest.run_id):
+            con.rollback()
+            return False
+        con.execute(_statement("insert_run"), run_row)
+        preflight = _preflight_rows(manifest)
+        if preflight:
+            con.executemany(_statement("insert_preflight_reason"), preflight)
+        results = _result_rows(manifest)
+        if results:
+            con.executemany(_statement("insert_result"), results)
+        if requests_path is not None:
+            # Arrow in, one set-based INSERT: executemany per row is ~1,000x slower.
+            try:
+                con.execute(_statement("insert_requests"))
+            except (duckdb.ConversionException, duckdb.ConstraintException) as exc:
+                raise _invalid(requests_path, _first_line(exc)) from exc
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return True
+
+
+def ingest_run(con: duckdb.DuckDBPyConnection, run_dir: Path) -> bool:
+    """Load one run directory (``run.json`` and, when present, ``requests.parquet``).
+
+    Returns False, writing nothing, when the run is already in the warehouse. Everything for the
+    run is written in one transaction, so a failure leaves no part of it behind. A malformed
+    artifact raises ``EmbedsweepError(code="invalid_run_artifact")`` naming the file. Call it
+    outside a transaction of your own.
+    """
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / "run.json"
+    manifest = _read_manifest(manifest_path)
+    run_row = _run_row(manifest, manifest_path)
+    if _run_exists(con, manifest.run_id):
+        return False
+    requests_path = run_dir / "requests.parquet"
+    if not requests_path.exists():
+        return _write_run(con, manifest, run_row, None)
+    requests = _read_requests(requests_path)
+    # Registered outside the transaction: unregistering inside an aborted one is refused.
+    con.register(_INCOMING_REQUESTS, requests)
+    try:
+        # Checked before the transaction opens: a mixed-up file is refused untouched.
+        foreign = _scalar(con, "foreign_request_rows", [manifest.run_id])
+        if foreign:
+            raise _invalid(
+                requests_path, f"{foreign} row(s) do not belong to run {manifest.run_id}"
+            )
+        return _write_run(con, manifest, run_row, requests_path)
+    finally:
+        con.unregister(_INCOMING_REQUESTS)
+
+
+def ingest_runs(con: duckdb.DuckDBPyConnection, run_dirs: Iterable[Path]) -> int:
+    """Ingest each run directory in turn; returns how many were new."""
+    return sum(1 for run_dir in run_dirs if ingest_run(con, run_dir))
+
+
+def query(
+    con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object] | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one statement and return its column names and all its rows."""
+    cursor = con.execute(sql, list(params) if params is not None else None)
+    if cursor.description is None:
+        return [], []
+    columns = [str(d[0]) for d in cursor.description]
+    return columns, list(cursor.fetchall())
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, float):
+        # NaN and infinities are not JSON; a missing figure is.
+        return value if math.isfinite(value) else None
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def report_rows(
+    con: duckdb.DuckDBPyConnection, *, sweep_run_id: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per cell and load level for the latest run of each cell (within one sweep run when
+    ``sweep_run_id`` is given); a cell with no load levels gives one row with concurrency None.
+    """
+    columns, rows = query(con, _statement("report_rows"), [sweep_run_id, sweep_run_id])
+    return [
+        {column: _jsonable(value) for column, value in zip(columns, row, strict=True)}
+        for row in rows
+    ]

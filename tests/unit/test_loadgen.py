@@ -1,0 +1,404 @@
+"""The load client against a null server: a small asyncio HTTP/1.1 server in a thread that answers
+``/v1/embeddings`` with a fixed body and reports what it saw (requests, bodies, connections)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from embedsweep.errors import ConfigError
+from embedsweep.loadgen import LevelRecords, build_payloads, run_level, run_level_sync
+from embedsweep.records import REQUEST_COLUMNS
+
+OK_BODY = (
+    b'{"object":"list","data":[{"object":"embedding","index":0,"embedding":"AAAAAAAAgD8="}],'
+    b'"model":"m","usage":{"prompt_tokens": 7,"total_tokens":7}}'
+)
+
+
+@dataclass
+class NullServerConfig:
+    status: int = 200
+    body: bytes = OK_BODY
+    delay_s: float = 0.0
+    # After this many responses on one connection: close it ("header": say so with
+    # Connection: close; "abrupt": just drop it). 0 keeps connections open.
+    close_after: int = 0
+    close_mode: str = "header"
+    chunked: bool = False
+
+
+@dataclass
+class NullServerStats:
+    requests: int = 0
+    connections_opened: int = 0
+    open_connections: int = 0
+    max_open_connections: int = 0
+    bodies: list[bytes] = field(default_factory=list)
+    headers: list[bytes] = field(default_factory=list)
+    paths: set[bytes] = field(default_factory=set)
+
+
+class _NullProtocol(asyncio.Protocol):
+    def __init__(self, server: NullServer) -> None:
+        self._server = server
+        self._buffer = b""
+        self._served = 0
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        stats = self._server.stats
+        stats.connections_opened += 1
+        stats.open_connections += 1
+        stats.max_open_connections = max(stats.max_open_connections, stats.open_connections)
+        self._server.transports.add(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.stats.open_connections -= 1
+        self._server.transports.discard(self._transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            head_end = self._buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            head = self._buffer[:head_end]
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            end = head_end + 4 + length
+            if len(self._buffer) < end:
+                return
+            body = self._buffer[head_end + 4 : end]
+            self._buffer = self._buffer[end:]
+            self._answer(head, body)
+
+    def _answer(self, head: bytes, body: bytes) -> None:
+        server = self._server
+        stats = server.stats
+        stats.requests += 1
+        if len(stats.bodies) < 64:
+            stats.bodies.append(body)
+            stats.headers.append(head)
+        stats.paths.add(head.split(b" ")[1])
+        self._served += 1
+        config = server.config
+        closing = config.close_after > 0 and self._served % config.close_after == 0
+        response = _response(config, close=closing and config.close_mode == "header")
+        if config.delay_s:
+            asyncio.get_running_loop().call_later(config.delay_s, self._send, response, closing)
+        else:
+            self._send(response, closing)
+
+    def _send(self, response: bytes, closing: bool) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(response)
+        if closing:
+            transport.close()
+
+
+def _response(config: NullServerConfig, *, close: bool) -> bytes:
+    reason = b"OK" if config.status < 300 else b"Error"
+    lines = [b"HTTP/1.1 %d %s" % (config.status, reason), b"Content-Type: application/json"]
+    if close:
+        lines.append(b"Connection: close")
+    if config.chunked:
+        lines.append(b"Transfer-Encoding: chunked")
+        # Split inside "prompt_tokens" so the client must join the chunks.
+        cut = config.body.find(b"prompt_tok") + 6
+        parts = [config.body[:cut], config.body[cut:]]
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    else:
+        lines.append(b"Content-Length: %d" % len(config.body))
+        payload = config.body
+    return b"\r\n".join(lines) + b"\r\n\r\n" + payload
+
+
+class NullServer:
+    """A null /v1/embeddings server on 127.0.0.1 in its own thread and event loop."""
+
+    def __init__(self, config: NullServerConfig) -> None:
+        self.config = config
+        self.stats = NullServerStats()
+        self.transports: set[asyncio.Transport] = set()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.url = ""
+
+    def __enter__(self) -> NullServer:
+        self._server = self._loop.run_until_complete(
+            self._loop.create_server(lambda: _NullProtocol(self), "127.0.0.1", 0)
+        )
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def shut() -> None:
+            assert self._server is not None
+            self._server.close()
+            for transport in list(self.transports):
+                transport.abort()
+            await self._server.wait_closed()
+            await asyncio.sleep(0.01)
+
+        asyncio.run_coroutine_threadsafe(shut(), self._loop).result(timeout=5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+
+@pytest.fixture
+def null_server() -> Iterator[NullServer]:
+    # Tests adjust server.config before sending: the server reads it per request.
+    with NullServer(NullServerConfig()) as server:
+        yield server
+
+
+def _payloads(n: int = 8, batch: int = 1) -> list[bytes]:
+    return build_payloads("m", [f"text {i}" for i in range(n * batch)], batch)
+
+
+def test_records_count_equals_requests_and_tokens_are_read(null_server: NullServer) -> None:
+    records = run_level_sync(null_server.url, _payloads(), 7, concurrency=4, requests=200)
+    assert len(records) == 200
+    assert records.status.tolist() == [200] * 200
+    assert records.prompt_tokens.tolist() == [7] * 200
+    assert records.expected_tokens.tolist() == [7] * 200
+    assert records.error == [None] * 200
+    assert null_server.stats.paths == {b"/v1/embeddings"}
+    # Rows are in start order, relative to the level's clock start.
+    assert (records.start_ns >= 0).all()
+    assert (records.start_ns[1:] >= records.start_ns[:-1]).all()
+    assert records.wall_ns >= int(records.latency_ns.max())
+
+
+def test_the_standard_asyncio_loop_works_too(null_server: NullServer) -> None:
+    # uvloop is optional (absent on Windows): the client must not depend on it.
+    coro = run_level(null_server.url, _payloads(), 7, concurrency=3, requests=30)
+    records = asyncio.run(coro)
+    assert records.status.tolist() == [200] * 30
+    assert records.prompt_tokens.tolist() == [7] * 30
+
+
+def test_warmup_requests_are_sent_but_not_recorded(null_server: NullServer) -> None:
+    records = run_level_sync(null_server.url, _payloads(), 7, concurrency=2, requests=10, warmup=6)
+    assert len(records) == 10
+    assert null_server.stats.requests == 16
+
+
+@pytest.mark.parametrize("concurrency", [1, 3, 16])
+def test_concurrency_is_respected(null_server: NullServer, concurrency: int) -> None:
+    null_server.config.delay_s = 0.002
+    records = run_level_sync(
+        null_server.url, _payloads(), 7, concurrency=concurrency, requests=concurrency * 10
+    )
+    assert len(records) == concurrency * 10
+    assert null_server.stats.connections_opened == concurrency
+    assert null_server.stats.max_open_connections == concurrency
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # OpenAI / recent vLLM
+        b'{"error":{"message":"This model\'s maximum context length is 512 tokens.",'
+        b'"type":"BadRequestError","param":null,"code":400}}',
+        # older vLLM / SGLang
+        b'{"object":"error","message":"This model\'s maximum context length is 512 tokens.",'
+        b'"type":"BadRequestError","param":null,"code":400}',
+    ],
+)
+def test_http_400_becomes_an_error_record_with_the_servers_message(
+    null_server: NullServer, body: bytes
+) -> None:
+    null_server.config.status = 400
+    null_server.config.body = body
+    records = run_level_sync(null_server.url, _payloads(), 7, concurrency=2, requests=6)
+    assert records.status.tolist() == [400] * 6
+    assert records.error == ["This model's maximum context length is 512 tokens."] * 6
+    assert records.prompt_tokens.tolist() == [-1] * 6
+
+
+def test_non_json_error_body_is_kept_as_text(null_server: NullServer) -> None:
+    null_server.config.status = 503
+    null_server.config.body = b"upstream unavailable"
+    records = run_level_sync(null_server.url, _payloads(), 7, concurrency=1, requests=2)
+    assert records.status.tolist() == [503, 503]
+    assert records.error == ["upstream unavailable"] * 2
+
+
+@pytest.mark.parametrize("close_mode", ["header", "abrupt"])
+def test_server_closing_connections_is_survived(null_server: NullServer, close_mode: str) -> None:
+    null_server.config.close_after = 5
+    null_server.config.close_mode = close_mode
+    records = run_level_sync(null_server.url, _payloads(), 7, concurrency=4, requests=100)
+    assert len(records) == 100
+    ok = int((records.status == 200).sum())
+    if close_mode == "header":
+        # Announced closes are clean: every request succeeds on a fresh connection.
+        assert ok == 100
+    else:
+        # A request sent as the server drops the connection fails; the rest go through.
+        assert ok >= 50
+        failed = [e for e, s in zip(records.error, records.status.tolist(), strict=True) if not s]
+        assert all(e is not None and e.startswith("connection:") for e in failed)
+    # Every fifth answer ended its connection, and the client came back each time.
+    assert null_server.stats.connections_opened >= ok // 5
+
+
+def test_duration_mode_stops_on_time(null_server: NullServer) -> None:
+    null_server.config.delay_s = 0.005
+    started = time.perf_counter()
+    records = run_level_sync(null_server.url, _payloads(), 7, concurrency=4, duration_s=0.5)
+    elapsed = time.perf_counter() - started
+    assert 0.5 <= records.wall_ns / 1e9 < 0.7
+    assert elapsed < 1.5
+    assert len(records) > 40
+    assert int(records.start_ns.max()) < 500_000_000
+    assert (records.status == 200).all()
+
+
+def test_requests_and_duration_stop_at_whichever_comes_first(null_server: NullServer) -> None:
+    records = run_level_sync(
+        null_server.url, _payloads(), 7, concurrency=2, requests=20, duration_s=30
+    )
+    assert len(records) == 20
+
+
+def test_batch_payloads_carry_batch_size_distinct_inputs(null_server: NullServer) -> None:
+    texts = [f"word{i} other" for i in range(12)]
+    payloads = build_payloads("m", texts, 4)
+    assert len(payloads) == 3
+    run_level_sync(null_server.url, payloads, 4 * 5, concurrency=1, requests=3)
+    sent = [json.loads(body) for body in null_server.stats.bodies]
+    assert [doc["input"] for doc in sent] == [texts[0:4], texts[4:8], texts[8:12]]
+    assert all(doc["model"] == "m" and doc["encoding_format"] == "base64" for doc in sent)
+
+
+def test_single_input_payload_is_a_string() -> None:
+    (payload,) = build_payloads("m", ["hello"], 1)
+    assert json.loads(payload) == {"model": "m", "input": "hello", "encoding_format": "base64"}
+
+
+@pytest.mark.parametrize(("texts", "batch"), [(["a"], 2), (["a", "b"], 0)])
+def test_payloads_that_cannot_be_built_are_config_errors(texts: list[str], batch: int) -> None:
+    with pytest.raises(ConfigError):
+        build_payloads("m", texts, batch)
+
+
+def test_chunked_responses_are_joined(null_server: NullServer) -> None:
+    null_server.config.chunked = True
+    records = run_level_sync(null_server.url, _payloads(), 7, concurrency=2, requests=10)
+    assert records.status.tolist() == [200] * 10
+    assert records.prompt_tokens.tolist() == [7] * 10
+
+
+def test_missing_usage_reads_as_minus_one(null_server: NullServer) -> None:
+    null_server.config.body = b'{"object":"list","data":[]}'
+    records = run_level_sync(null_server.url, _payloads(), 7, concurrency=1, requests=3)
+    assert records.prompt_tokens.tolist() == [-1] * 3
+
+
+def test_api_key_is_sent_as_a_bearer_token(null_server: NullServer) -> None:
+    run_level_sync(null_server.url + "/v1", _payloads(), 7, concurrency=1, requests=1, api_key="k")
+    assert b"\r\nAuthorization: Bearer k" in null_server.stats.headers[0]
+    assert null_server.stats.paths == {b"/v1/embeddings"}
+
+
+def test_slow_responses_become_timeout_records(null_server: NullServer) -> None:
+    null_server.config.delay_s = 3.0
+    started = time.perf_counter()
+    records = run_level_sync(
+        null_server.url, _payloads(), 7, concurrency=2, requests=2, timeout_s=0.2
+    )
+    assert time.perf_counter() - started < 1.5
+    assert records.status.tolist() == [0, 0]
+    assert all(e is not None and e.startswith("timeout:") for e in records.error)
+
+
+def test_refused_connections_become_records_not_exceptions() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    records = run_level_sync(f"http://127.0.0.1:{port}", _payloads(), 7, concurrency=1, requests=3)
+    assert records.status.tolist() == [0, 0, 0]
+    assert all(e is not None and e.startswith("connection:") for e in records.error)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"concurrency": 0, "requests": 1},
+        {"concurrency": 1},
+        {"concurrency": 1, "requests": 0},
+        {"concurrency": 1, "duration_s": 0.0},
+        {"concurrency": 1, "requests": 1, "warmup": -1},
+        {"concurrency": 1, "requests": 1, "timeout_s": 0},
+    ],
+)
+def test_bad_level_arguments_are_config_errors(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        run_level_sync("http://127.0.0.1:1", _payloads(), 7, **kwargs)
+
+
+@pytest.mark.parametrize("url", ["ftp://host", "127.0.0.1:8000", "http://"])
+def test_bad_urls_are_config_errors(url: str) -> None:
+    with pytest.raises(ConfigError):
+        run_level_sync(url, _payloads(), 7, concurrency=1, requests=1)
+
+
+def test_to_arrow_has_the_request_columns_and_types() -> None:
+    records = LevelRecords(
+        concurrency=3,
+        start_ns=np.array([5, 9], dtype=np.int64),
+        latency_ns=np.array([100, 200], dtype=np.int64),
+        status=np.array([200, 0], dtype=np.int16),
+        prompt_tokens=np.array([7, -1], dtype=np.int32),
+        expected_tokens=np.array([7, 7], dtype=np.int32),
+        error=[None, "timeout: no response within 1s"],
+        wall_ns=300,
+    )
+    table = records.to_arrow("run-1")
+    assert tuple(table.column_names) == REQUEST_COLUMNS
+    assert table.schema.types == [
+        pa.string(),
+        pa.int32(),
+        pa.int64(),
+        pa.int64(),
+        pa.int64(),
+        pa.int16(),
+        pa.int32(),
+        pa.int32(),
+        pa.string(),
+    ]
+    assert table.to_pylist()[1] == {
+        "run_id": "run-1",
+        "concurrency": 3,
+        "seq": 1,
+        "start_ns": 9,
+        "latency_ns": 200,
+        "status": 0,
+        "prompt_tokens": -1,
+        "expected_tokens": 7,
+        "error": "timeout: no response within 1s",
+    }

@@ -1,0 +1,603 @@
+"""The DuckDB warehouse on real files: migrations, idempotent all-or-nothing ingest, the report
+view, read-only opens and the wait for another process's lock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from embedsweep.errors import ConfigError, EmbedsweepError
+from embedsweep.records import (
+    LatencyMs,
+    LevelSummary,
+    PreflightResult,
+    Reason,
+    RunManifest,
+)
+from embedsweep.store import (
+    ingest_run,
+    ingest_runs,
+    migrations,
+    open_warehouse,
+    query,
+    record_sweep,
+    report_rows,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+TABLES = ("runs", "preflight_reasons", "results", "requests")
+REPORT_KEYS = {
+    "sweep",
+    "model",
+    "engine",
+    "planned_engine",
+    "pool",
+    "gpu_model",
+    "chunk_size",
+    "batch_size",
+    "concurrency",
+    "status",
+    "reason",
+    "message",
+    "requests",
+    "ok",
+    "errors",
+    "throughput_rps",
+    "inputs_per_s",
+    "input_tokens_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "prompt_tokens_mismatch",
+    "valid",
+    "cost_per_million_tokens",
+    "run_id",
+}
+
+
+def level(concurrency: int, requests: int) -> LevelSummary:
+    return LevelSummary(
+        concurrency=concurrency,
+        requests=requests,
+        ok=requests - 1,
+        errors=1,
+        errors_by_cause={"context_overflow": 1},
+        duration_s=2.0,
+        throughput_rps=requests / 2.0,
+        inputs_per_s=requests / 2.0,
+        input_tokens_per_s=requests / 2.0 * 512,
+        latency_ms=LatencyMs(mean=11.0, p50=10.0, p90=14.0, p95=15.0, p99=19.5, max=25.0),
+        prompt_tokens_mismatch=0,
+        achieved_concurrency=concurrency * 0.98,
+        valid=True,
+        cost_per_million_tokens=0.42,
+    )
+
+
+def manifest(run_id: str, **overrides: object) -> RunManifest:
+    fields: dict[str, object] = {
+        "run_id": run_id,
+        "sweep_run_id": "sweep-1",
+        "sweep_name": "nightly",
+        "cell_id": f"cell-{run_id}",
+        "model": "e5-base-v2",
+        "model_ref": "intfloat/e5-base-v2",
+        "engine": "vllm",
+        "planned_engine": "vllm",
+        "pool": "a100",
+        "gpu_model": "NVIDIA A100-SXM4-80GB",
+        "gpu_count": 1,
+        "cost_per_gpu_hour": 1.8,
+        "chunk_size": 512,
+        "batch_size": 1,
+        "status": "ok",
+        "engine_version": "0.11.0",
+        "max_input_tokens": 512,
+        "time_to_healthy_s": 31.5,
+        "seed": 7,
+        "started_at": "2025-01-02T03:00:00+00:00",
+        "finished_at": "2025-01-02T03:10:00+00:00",
+        "preflight": [
+            PreflightResult(
+                model="e5-base-v2",
+                engine="vllm",
+                engine_version="0.11.0",
+                architecture="BertModel",
+                chunk_size=512,
+                max_input_tokens=512,
+                verdict="ok",
+                reasons=[
+                    Reason(code="non_commercial_license", severity="warn", message="cc-by-nc"),
+                ],
+            )
+        ],
+        "levels": [level(1, 6), level(4, 10)],
+    }
+    fields.update(overrides)
+    return RunManifest.model_validate(fields)
+
+
+def request_table(m: RunManifest) -> pa.Table:
+    run_ids: list[str] = []
+    conc: list[int] = []
+    seq: list[int] = []
+    for lvl in m.levels:
+        run_ids += [m.run_id] * lvl.requests
+        conc += [lvl.concurrency] * lvl.requests
+        seq += list(range(lvl.requests))
+    n = len(seq)
+    return pa.table(
+        {
+            "run_id": pa.array(run_ids, pa.string()),
+            "concurrency": pa.array(conc, pa.int32()),
+            "seq": pa.array(seq, pa.int64()),
+            "start_ns": pa.array([i * 1_000_000 for i in range(n)], pa.int64()),
+            "latency_ns": pa.array([10_000_000 + i for i in range(n)], pa.int64()),
+            "status": pa.array([200] * (n - 1) + [400], pa.int16()),
+            "prompt_tokens": pa.array([512] * (n - 1) + [-1], pa.int32()),
+            "expected_tokens": pa.array([512] * n, pa.int32()),
+            "error": pa.array([None] * (n - 1) + ["context_overflow"], pa.string()),
+        }
+    )
+
+
+def write_run(root: Path, m: RunManifest, requests: pa.Table | None = None) -> Path:
+    run_dir = root / m.run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(m.model_dump_json(), encoding="utf-8")
+    (run_dir / "server.log").write_text("INFO ready\n", encoding="utf-8")
+    if m.status == "ok":
+        pq.write_table(
+            request_table(m) if requests is None else requests, run_dir / "requests.parquet"
+        )
+    return run_dir
+
+
+def blocked_manifest(run_id: str, **overrides: object) -> RunManifest:
+    fields: dict[str, object] = {
+        "model": "NV-Embed-v2",
+        "model_ref": "nvidia/NV-Embed-v2",
+        "engine": "sglang",
+        "planned_engine": "sglang",
+        "status": "blocked",
+        "reason": "unsupported_architecture",
+        "message": "NVEmbedModel is not in sglang 0.5's registry",
+        "time_to_healthy_s": None,
+        "preflight": [
+            PreflightResult(
+                model="NV-Embed-v2",
+                engine="sglang",
+                engine_version="0.5.0",
+                architecture="NVEmbedModel",
+                chunk_size=512,
+                max_input_tokens=32768,
+                verdict="blocked",
+                reasons=[
+                    Reason(
+                        code="unsupported_architecture",
+                        severity="block",
+                        message="NVEmbedModel is not in sglang 0.5's registry",
+                    ),
+                    Reason(code="trust_remote_code_required", severity="block", message="custom"),
+                ],
+            )
+        ],
+        "levels": [],
+    }
+    fields.update(overrides)
+    return manifest(run_id, **fields)
+
+
+def counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for table in TABLES:
+        _, rows = query(con, f"SELECT count(*) FROM {table}")
+        out[table] = rows[0][0]
+    return out
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = open_warehouse(tmp_path / "wh" / "embedsweep.duckdb")
+    yield con
+    con.close()
+
+
+def test_ingest_twice_keeps_one_copy(warehouse: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path / "runs", manifest("r1"))
+
+    assert ingest_run(warehouse, run_dir) is True
+    first = counts(warehouse)
+    assert ingest_run(warehouse, run_dir) is False
+
+    assert first == {"runs": 1, "preflight_reasons": 1, "results": 2, "requests": 16}
+    assert counts(warehouse) == first
+
+
+def test_ingest_stores_the_run_as_written(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    m = manifest("r1", started_at="2025-01-02T05:00:00+02:00")
+    ingest_run(warehouse, write_run(tmp_path, m))
+
+    _, runs = query(warehouse, "SELECT started_at, status, seed FROM runs WHERE run_id = ?", ["r1"])
+    _, res = query(
+        warehouse,
+        "SELECT concurrency, p99_ms, errors_by_cause->>'context_overflow' FROM results ORDER BY 1",
+    )
+    _, req = query(
+        warehouse,
+        "SELECT count(*), count(error), min(prompt_tokens) FROM requests WHERE concurrency = 4",
+    )
+
+    # The offset is applied, not dropped: 05:00+02:00 is 03:00 UTC.
+    assert runs == [(datetime(2025, 1, 2, 3, 0), "ok", 7)]
+    assert res == [(1, 19.5, "1"), (4, 19.5, "1")]
+    assert req == [(10, 1, -1)]
+
+
+def test_ingest_runs_counts_new_runs(warehouse: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    dirs = [write_run(tmp_path, manifest(f"r{i}")) for i in range(3)]
+
+    assert ingest_runs(warehouse, dirs[:2]) == 2
+    assert ingest_runs(warehouse, dirs) == 1
+    assert counts(warehouse)["runs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("{not json", "run.json"),
+        (json.dumps({"run_id": "r1"}), "run.json"),
+        (None, "run.json"),
+        (manifest("r1", started_at="yesterday").model_dump_json(), "started_at"),
+    ],
+    ids=["malformed", "missing-fields", "absent", "bad-timestamp"],
+)
+def test_bad_run_json_is_refused_and_nothing_written(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path, content: str | None, fragment: str
+) -> None:
+    run_dir = tmp_path / "r1"
+    run_dir.mkdir()
+    if content is not None:
+        (run_dir / "run.json").write_text(content, encoding="utf-8")
+    pq.write_table(request_table(manifest("r1")), run_dir / "requests.parquet")
+
+    with pytest.raises(EmbedsweepError, match=fragment) as caught:
+        ingest_run(warehouse, run_dir)
+
+    assert caught.value.code == "invalid_run_artifact"
+    assert str(run_dir / "run.json") in str(caught.value)
+    assert set(counts(warehouse).values()) == {0}
+
+
+def _foreign_rows(m: RunManifest) -> pa.Table:
+    table = request_table(m)
+    ids = table.column("run_id").to_pylist()
+    ids[-1] = "someone-else"
+    return table.set_column(0, "run_id", pa.array(ids, pa.string()))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        _foreign_rows,
+        lambda m: request_table(m).drop_columns(["latency_ns"]),
+        lambda m: request_table(m).set_column(
+            1, "concurrency", pa.array(["x"] * request_table(m).num_rows, pa.string())
+        ),
+    ],
+    ids=["foreign-run-id", "missing-column", "wrong-type"],
+)
+def test_bad_requests_parquet_rolls_back_the_whole_run(
+    warehouse: duckdb.DuckDBPyConnection,
+    tmp_path: Path,
+    make: Callable[[RunManifest], pa.Table],
+) -> None:
+    m = manifest("r1")
+    run_dir = write_run(tmp_path, m, requests=make(m))
+
+    with pytest.raises(EmbedsweepError) as caught:
+        ingest_run(warehouse, run_dir)
+
+    assert caught.value.code == "invalid_run_artifact"
+    assert "requests.parquet" in str(caught.value)
+    assert set(counts(warehouse).values()) == {0}
+    # The failed attempt left the connection usable and the run ingestible once repaired.
+    (run_dir / "requests.parquet").unlink()
+    pq.write_table(request_table(m), run_dir / "requests.parquet")
+    assert ingest_run(warehouse, run_dir) is True
+
+
+def test_corrupt_parquet_file_is_named(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    run_dir = write_run(tmp_path, manifest("r1"))
+    (run_dir / "requests.parquet").write_bytes(b"not parquet at all")
+
+    with pytest.raises(EmbedsweepError, match=r"requests\.parquet") as caught:
+        ingest_run(warehouse, run_dir)
+
+    assert caught.value.code == "invalid_run_artifact"
+    assert counts(warehouse)["runs"] == 0
+
+
+def test_blocked_run_gives_one_report_row_with_its_reason(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    run_dir = write_run(tmp_path, blocked_manifest("b1"))
+    assert not (run_dir / "requests.parquet").exists()
+
+    ingest_run(warehouse, run_dir)
+    rows = report_rows(warehouse)
+    _, blocked = query(
+        warehouse, "SELECT run_id, reason, preflight_block_codes FROM v_blocked WHERE is_latest"
+    )
+
+    assert len(rows) == 1
+    assert rows[0]["status"] == "blocked"
+    assert rows[0]["reason"] == "unsupported_architecture"
+    assert rows[0]["concurrency"] is None
+    assert rows[0]["throughput_rps"] is None
+    assert blocked == [
+        ("b1", "unsupported_architecture", "trust_remote_code_required, unsupported_architecture")
+    ]
+    assert counts(warehouse) == {"runs": 1, "preflight_reasons": 2, "results": 0, "requests": 0}
+
+
+def test_clean_preflight_keeps_its_verdict(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    clean = PreflightResult(
+        model="e5-base-v2",
+        engine="sglang",
+        engine_version="0.5.0",
+        architecture="BertModel",
+        chunk_size=512,
+        max_input_tokens=512,
+        verdict="ok",
+    )
+    ingest_run(warehouse, write_run(tmp_path, manifest("r1", preflight=[clean])))
+
+    _, rows = query(warehouse, "SELECT engine, verdict, code, severity FROM preflight_reasons")
+
+    assert rows == [("sglang", "ok", None, None)]
+
+
+def test_report_rows_take_the_latest_run_of_each_cell(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    old = manifest("old", cell_id="c1", sweep_run_id="s1", levels=[level(1, 4)])
+    new = manifest(
+        "new",
+        cell_id="c1",
+        sweep_run_id="s2",
+        started_at="2025-01-03T03:00:00+00:00",
+        levels=[level(1, 8), level(8, 8)],
+    )
+    other = blocked_manifest("blk", cell_id="c2", sweep_run_id="s1")
+    ingest_runs(warehouse, [write_run(tmp_path, m) for m in (new, old, other)])
+
+    latest = report_rows(warehouse)
+    first_sweep = report_rows(warehouse, sweep_run_id="s1")
+
+    assert [(r["run_id"], r["concurrency"]) for r in latest] == [
+        ("blk", None),
+        ("new", 1),
+        ("new", 8),
+    ]
+    assert [(r["run_id"], r["concurrency"]) for r in first_sweep] == [("blk", None), ("old", 1)]
+    assert report_rows(warehouse, sweep_run_id="no-such-sweep") == []
+    row = latest[1]
+    assert row.keys() >= REPORT_KEYS
+    assert row["throughput_rps"] == 4.0
+    assert row["input_tokens_per_s"] == 2048.0
+    assert row["mean_ms"] == 11.0
+    assert row["valid"] is True
+    assert row["sweep"] == "nightly"
+    assert row["started_at"] == "2025-01-03T03:00:00Z"
+    assert json.loads(json.dumps(latest)) == latest
+
+
+def test_views_answer_user_queries(warehouse: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    ingest_run(warehouse, write_run(tmp_path, manifest("r1")))
+
+    _, req = query(
+        warehouse,
+        "SELECT model, count(*), count(*) FILTER (WHERE NOT ok), max(latency_ms) "
+        "FROM v_requests GROUP BY model",
+    )
+    _, latest = query(
+        warehouse, "SELECT count(*) FROM v_latest_results WHERE model = ?", ["e5-base-v2"]
+    )
+
+    assert req == [("e5-base-v2", 16, 1, 10.000015)]
+    assert latest == [(2,)]
+
+
+def test_migrations_are_recorded_and_not_reapplied(tmp_path: Path) -> None:
+    path = tmp_path / "embedsweep.duckdb"
+    con = open_warehouse(path)
+    _, first = query(con, "SELECT version, name, applied_at FROM schema_migrations ORDER BY 1")
+    con.close()
+
+    time.sleep(0.01)
+    con = open_warehouse(path)
+    _, again = query(con, "SELECT version, name, applied_at FROM schema_migrations ORDER BY 1")
+    con.close()
+
+    assert [(v, n) for v, n, _ in first] == [(m.version, m.name) for m in migrations()]
+    assert first[0][1] == "0001_init.sql"
+    assert again == first
+
+
+def test_read_only_open_of_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "embedsweep.duckdb"
+
+    with pytest.raises(ConfigError, match=r"no warehouse at .*; run a sweep first"):
+        open_warehouse(path, read_only=True)
+
+    assert not path.parent.exists()
+
+
+def test_read_only_open_reads_but_cannot_write(tmp_path: Path) -> None:
+    path = tmp_path / "embedsweep.duckdb"
+    con = open_warehouse(path)
+    ingest_run(con, write_run(tmp_path / "runs", manifest("r1")))
+    con.close()
+
+    ro = open_warehouse(path, read_only=True)
+    try:
+        assert [r["run_id"] for r in report_rows(ro)] == ["r1", "r1"]
+        with pytest.raises(duckdb.Error, match="read-only"):
+            ro.execute("DELETE FROM runs")
+    finally:
+        ro.close()
+
+
+def test_read_only_open_of_unmigrated_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "plain.duckdb"
+    duckdb.connect(str(path)).close()
+
+    with pytest.raises(ConfigError, match=r"0001_init\.sql"):
+        open_warehouse(path, read_only=True)
+
+
+def test_record_sweep_upserts(warehouse: duckdb.DuckDBPyConnection) -> None:
+    start = datetime(2025, 1, 2, 5, 0, tzinfo=timezone(timedelta(hours=2)))
+    record_sweep(
+        warehouse,
+        sweep_run_id="s1",
+        sweep_name="nightly",
+        spec_json='{"models": []}',
+        started_at=start,
+        finished_at=None,
+    )
+    record_sweep(
+        warehouse,
+        sweep_run_id="s1",
+        sweep_name="nightly",
+        spec_json='{"models": ["e5"]}',
+        started_at=start,
+        finished_at=datetime(2025, 1, 2, 4, 0, tzinfo=UTC),
+    )
+
+    _, rows = query(
+        warehouse, "SELECT sweep_run_id, started_at, finished_at, spec->>'$.models[0]' FROM sweeps"
+    )
+
+    assert rows == [("s1", datetime(2025, 1, 2, 3, 0), datetime(2025, 1, 2, 4, 0), "e5")]
+
+
+def test_record_sweep_refuses_a_spec_that_is_not_json(warehouse: duckdb.DuckDBPyConnection) -> None:
+    with pytest.raises(ConfigError, match="not JSON"):
+        record_sweep(
+            warehouse,
+            sweep_run_id="s1",
+            sweep_name="nightly",
+            spec_json="models: []",
+            started_at=datetime(2025, 1, 2, tzinfo=UTC),
+            finished_at=None,
+        )
+
+
+_HOLD_LOCK = """
+import sys
+import duckdb
+con = duckdb.connect(sys.argv[1], config={"storage_compatibility_version": "v1.5.0"})
+print("locked", flush=True)
+sys.stdin.read()
+con.close()
+"""
+
+_INGEST = """
+import sys
+from pathlib import Path
+from embedsweep.store import ingest_run, open_warehouse
+print("ready", flush=True)
+con = open_warehouse(Path(sys.argv[1]), lock_timeout_s=60)
+try:
+    print(ingest_run(con, Path(sys.argv[2])), flush=True)
+finally:
+    con.close()
+"""
+
+
+@pytest.mark.integration
+def test_open_gives_up_on_a_held_lock(tmp_path: Path) -> None:
+    path = tmp_path / "embedsweep.duckdb"
+    open_warehouse(path).close()
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        with pytest.raises(EmbedsweepError, match="locked by another process") as caught:
+            open_warehouse(path, lock_timeout_s=0.5)
+        waited = time.monotonic() - started
+        holder.communicate(input="", timeout=30)
+
+    assert caught.value.code == "warehouse_locked"
+    assert 0.5 <= waited < 5
+
+
+@pytest.mark.integration
+def test_two_processes_ingesting_at_once_both_land(tmp_path: Path) -> None:
+    path = tmp_path / "embedsweep.duckdb"
+    ms = [manifest("p1"), manifest("p2", levels=[level(2, 30)])]
+    dirs = [write_run(tmp_path / "runs", m) for m in ms]
+    # This process holds the lock until both loaders are about to open the file, so both must
+    # wait for it, and then for each other.
+    holder = open_warehouse(path)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _INGEST, str(path), str(d)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        for d in dirs
+    ]
+    outputs: list[tuple[int, str, str]] = []
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        holder.close()
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            outputs.append((proc.returncode, out.strip(), err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+    assert [(rc, out) for rc, out, _ in outputs] == [(0, "True"), (0, "True")], outputs
+    con = open_warehouse(path, read_only=True)
+    try:
+        _, rows = query(
+            con,
+            "SELECT run_id, (SELECT count(*) FROM requests q WHERE q.run_id = r.run_id), "
+            "(SELECT count(*) FROM results s WHERE s.run_id = r.run_id) FROM runs r ORDER BY 1",
+        )
+    finally:
+        con.close()
+    assert rows == [("p1", 16, 2), ("p2", 30, 1)]
