@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
@@ -43,6 +44,12 @@ WarehouseOpt = Annotated[
 def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _terminate_like_ctrl_c(signum: int, frame: object) -> None:
+    # Re-delivered as SIGINT: an asyncio loop turns that into a clean cancellation of the load,
+    # plain code into KeyboardInterrupt; either way every `finally` runs.
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _echo_json(data: Any) -> None:
@@ -242,6 +249,9 @@ def run(
         spec = load_sweep(sweep_file)
     except ConfigError as exc:
         _fail(exc.message)
+    # SIGTERM (a `kill`, a container stop) unwinds like Ctrl-C, so every `finally` runs and the
+    # engine servers, each in its own session, are stopped rather than orphaned.
+    signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
     # Prefect's local mode starts a temporary server; it has nothing to phone home about.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.sweep import sweep  # the Prefect shell; imported only here

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import ssl
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -552,7 +554,46 @@ def run_level_sync(
         api_key=api_key,
     )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(coro)
+        if threading.current_thread() is not threading.main_thread():
+            return runner.run(coro)
+        return _run_stoppable(runner, coro)
+
+
+def _run_stoppable(runner: asyncio.Runner, coro: Coroutine[Any, Any, LevelRecords]) -> LevelRecords:
+    """Run ``coro`` so that SIGTERM stops the load promptly and then reaches whoever handled
+    SIGTERM before (a Prefect flow's bridge, the CLI's handler).
+
+    A Python-level signal handler that raises while the event loop is inside a callback is lost
+    to the loop's exception handler, so the load would run to its end; instead the loop itself
+    catches SIGTERM, cancels the level, and the signal is delivered again outside the loop.
+    """
+    loop = runner.get_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+    received: list[int] = []
+
+    async def main() -> LevelRecords:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_term() -> None:
+            received.append(signal.SIGTERM)
+            task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+        return await coro
+
+    try:
+        return runner.run(main())
+    except asyncio.CancelledError:
+        if not received:
+            raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, previous)
+    if callable(previous):
+        signal.raise_signal(signal.SIGTERM)
+    # No Python handler to hand it to (SIG_DFL would end the process without cleanup).
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
