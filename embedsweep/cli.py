@@ -47,9 +47,8 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _terminate_like_ctrl_c(signum: int, frame: object) -> None:
-    # Re-delivered as SIGINT: an asyncio loop turns that into a clean cancellation of the load,
-    # plain code into KeyboardInterrupt; either way every `finally` runs.
-    os.kill(os.getpid(), signal.SIGINT)
+    # Unwinds like Ctrl-C, so every `finally` runs (the load loop handles SIGTERM itself).
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _echo_json(data: Any) -> None:
@@ -58,9 +57,21 @@ def _echo_json(data: Any) -> None:
 
 @app.command()
 def preflight(
-    model: Annotated[str, typer.Argument(help="Model folder, package:MODULE, or hub id.")],
-    engine: Annotated[Engine, typer.Option(help="Engine to check against.")],
-    chunk_size: Annotated[int, typer.Option(min=1, help="Input length in tokens.")],
+    model: Annotated[
+        str | None, typer.Argument(help="Model folder, package:MODULE, or hub id.")
+    ] = None,
+    engine: Annotated[Engine | None, typer.Option(help="Engine to check against.")] = None,
+    chunk_size: Annotated[int | None, typer.Option(min=1, help="Input length in tokens.")] = None,
+    sweep_file: Annotated[
+        Path | None,
+        typer.Option("--sweep", help="Preflight every cell of a sweep file instead (dry run)."),
+    ] = None,
+    metadata_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Local mirror of hub models' metadata (one folder per model), read before the hub."
+        ),
+    ] = None,
     engine_version: Annotated[
         str | None, typer.Option(help="Engine version (default: the newest snapshot).")
     ] = None,
@@ -79,15 +90,25 @@ def preflight(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Can ENGINE serve MODEL at CHUNK_SIZE tokens? Exit 0 ok, 1 blocked, 2 bad input."""
+    """Can ENGINE serve MODEL at CHUNK_SIZE tokens? Exit 0 ok, 1 blocked, 2 bad input.
+
+    With --sweep, prints the whole matrix of a sweep file (exit 1 if any cell is blocked).
+    """
     from embedsweep.hub import resolve_model
     from embedsweep.preflight import PoolLimits, run_preflight
     from embedsweep.records import PreflightResult, Reason
 
+    if sweep_file is not None:
+        if model is not None or engine is not None or chunk_size is not None:
+            _fail("--sweep takes the models, engines and chunk sizes from the sweep file")
+        _preflight_matrix(sweep_file, metadata_dir, as_json)
+        return
+    if model is None or engine is None or chunk_size is None:
+        _fail("give MODEL, --engine and --chunk-size (or --sweep SWEEP.yaml)")
     if dtype not in ("auto", "float32", "float16", "bfloat16"):
         _fail(f"--dtype must be auto, float32, float16 or bfloat16, not {dtype!r}")
     try:
-        meta = resolve_model(model, revision)
+        meta = resolve_model(model, revision, metadata_dir=metadata_dir)
         result = run_preflight(
             meta,
             model=model,
@@ -124,6 +145,50 @@ def preflight(
         if result.fallback_engine:
             typer.echo(f"  → runs on the fallback engine {result.fallback_engine}")
     raise typer.Exit(0 if result.verdict == "ok" else 1)
+
+
+def _print_matrix(rows: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "engine", "pool", "chunk", "outcome", "max input", "codes")
+    styles = {"ok": "green", "rerouted": "yellow", "blocked": "red"}
+    for row in rows:
+        outcome = row.outcome
+        label = f"→ {row.checks[-1].engine}" if outcome == "rerouted" else outcome
+        table.add_row(
+            row.cell.model.display_name,
+            row.cell.engine,
+            row.cell.pool.name,
+            str(row.cell.chunk_size),
+            f"[{styles[outcome]}]{label}[/]",
+            str(row.checks[0].max_input_tokens or "-"),
+            ", ".join(row.codes) or "-",
+        )
+    # A pipe reports 80 columns; the matrix stays readable in a log file at a fixed width.
+    console = Console() if sys.stdout.isatty() else Console(width=150)
+    console.print(table)
+    counts = {k: sum(1 for r in rows if r.outcome == k) for k in ("ok", "rerouted", "blocked")}
+    console.print(
+        f"{len(rows)} cells: {counts['ok']} ok, {counts['rerouted']} rerouted, "
+        f"{counts['blocked']} blocked"
+    )
+
+
+def _preflight_matrix(sweep_file: Path, metadata_dir: Path | None, as_json: bool) -> None:
+    from embedsweep.config import load_sweep
+    from embedsweep.matrix import preflight_sweep
+
+    try:
+        spec = load_sweep(sweep_file)
+        rows = preflight_sweep(spec, metadata_dir=metadata_dir)
+    except (ConfigError, ModelError) as exc:
+        _fail(exc.message)
+    if as_json:
+        _echo_json([row.as_dict() for row in rows])
+    else:
+        _print_matrix(rows)
+    raise typer.Exit(0 if all(row.runnable for row in rows) else 1)
 
 
 def _calibrator(model: str) -> Any:
@@ -242,13 +307,19 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run a sweep through the Prefect flow (local mode: no server to start)."""
+    """Run a sweep: the preflight matrix first, then the Prefect flow (local mode, no server to
+    start). Exit 1 when no cell can run (the blocked cells are still recorded)."""
     from embedsweep.config import load_sweep
+    from embedsweep.matrix import preflight_sweep
 
     try:
         spec = load_sweep(sweep_file)
     except ConfigError as exc:
         _fail(exc.message)
+    # The dry run first: what will run, what is rerouted, what is blocked and why.
+    rows = preflight_sweep(spec)
+    if not as_json:
+        _print_matrix(rows)
     # SIGTERM (a `kill`, a container stop) unwinds like Ctrl-C, so every `finally` runs and the
     # engine servers, each in its own session, are stopped rather than orphaned.
     signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
@@ -264,6 +335,9 @@ def run(
             f"sweep {spec.name}: {summary['ok']} ok, {summary['blocked']} blocked, "
             f"{summary['failed']} failed → {summary['warehouse']}"
         )
+    if not any(row.runnable for row in rows):
+        typer.echo("error: no cell of this sweep can run (blocked cells recorded)", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -387,6 +461,68 @@ def serve(
     if trust_remote_code:
         argv.append("--trust-remote-code")
     raise typer.Exit(serve_main(argv))
+
+
+registry_app = typer.Typer(
+    help="Engine registries: which architectures each engine version serves.",
+    no_args_is_help=True,
+)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("refresh")
+def registry_refresh(
+    engine: Annotated[Literal["vllm", "sglang"], typer.Option(help="Engine.")],
+    version: Annotated[str, typer.Option(help="Release, e.g. 0.33.0.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for ENGINE-VERSION.json (default: the package's).")
+    ] = None,
+    wheel_dir: Annotated[
+        Path | None, typer.Option(help="Where the wheel is downloaded or already lies.")
+    ] = None,
+) -> None:
+    """Download ENGINE==VERSION's wheel (no dependencies) and write its registry snapshot, read
+    from the wheel's source with ast: the engine is never imported or installed."""
+    from importlib import resources
+
+    from embedsweep.registry_gen import refresh
+
+    target = out or Path(str(resources.files("embedsweep.registry_data")))
+    try:
+        path = refresh(engine, version, out_dir=target, wheel_dir=wheel_dir)
+    except EmbedsweepError as exc:
+        _fail(exc.message, code=1)
+    typer.echo(str(path))
+
+
+@registry_app.command("check")
+def registry_check(
+    engine: Annotated[Literal["vllm", "sglang"], typer.Option(help="Engine.")],
+    python: Annotated[str, typer.Option(help="Python of the environment the engine lives in.")],
+    version: Annotated[str | None, typer.Option(help="Snapshot version to compare.")] = None,
+) -> None:
+    """Ask an installed engine for its architectures and compare with the snapshot (the live
+    answer wins; differences are printed)."""
+    import json as _json
+    from importlib import resources
+
+    from embedsweep.registry import snapshot_for
+    from embedsweep.registry_gen import diff_snapshot, live_architectures
+
+    snap = snapshot_for(engine, version)
+    if snap is None:
+        _fail(f"no snapshot for {engine}")
+    try:
+        live = live_architectures(engine, python)
+    except EmbedsweepError as exc:
+        _fail(exc.message, code=1)
+    if live is None:
+        _fail(f"{engine} is not importable from {python}", code=1)
+    data_file = resources.files("embedsweep.registry_data") / f"{engine}-{snap.version}.json"
+    differences = diff_snapshot(_json.loads(data_file.read_text(encoding="utf-8")), live)
+    for line in differences:
+        typer.echo(line)
+    typer.echo(f"{engine} {snap.version}: {len(differences)} difference(s) from the snapshot")
 
 
 def main() -> None:

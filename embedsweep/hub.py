@@ -8,6 +8,7 @@ in the local Hugging Face cache first and fetched (metadata files only) when the
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import re
@@ -193,8 +194,19 @@ def _hub_dir(repo_id: str, revision: str | None) -> Path:
         ) from None
 
 
-def resolve_model(source: str, revision: str | None = None) -> ModelMeta:
-    """Resolve a model reference (see module docstring) to its metadata."""
+def _mirrored(metadata_dir: Path, repo_id: str) -> Path | None:
+    """A hub model's metadata in a local mirror: ``ORG--NAME/`` or ``NAME/``, any letter case."""
+    wanted = {repo_id.replace("/", "--").lower(), repo_id.rsplit("/", 1)[-1].lower()}
+    if not metadata_dir.is_dir():
+        raise ModelError(f"metadata folder {metadata_dir} does not exist", code="model_not_found")
+    for entry in sorted(metadata_dir.iterdir()):
+        if entry.is_dir() and entry.name.lower() in wanted:
+            return entry
+    return None
+
+
+@functools.cache
+def _resolve_cached(source: str, revision: str | None, metadata_dir: Path | None) -> ModelMeta:
     if source.startswith(PACKAGE_PREFIX):
         return read_model_dir(_package_dir(source), ref=source)
     path = Path(source).expanduser()
@@ -202,4 +214,19 @@ def resolve_model(source: str, revision: str | None = None) -> ModelMeta:
         return read_model_dir(path.resolve(), ref=source)
     if source.startswith(("/", "./", "../", "~")) or source.count("/") != 1:
         raise ModelError(f"model folder {source} does not exist", code="model_not_found")
+    if metadata_dir is not None and (mirror := _mirrored(metadata_dir, source)) is not None:
+        return read_model_dir(mirror, ref=source)
     return read_model_dir(_hub_dir(source, revision), ref=source)
+
+
+def resolve_model(
+    source: str, revision: str | None = None, *, metadata_dir: Path | None = None
+) -> ModelMeta:
+    """Resolve a model reference (see module docstring) to its metadata.
+
+    ``metadata_dir`` is a local mirror of hub models' metadata files (one folder per model,
+    named ``ORG--NAME`` or ``NAME``), looked at before the hub: a sweep can be preflighted with
+    no network. Answers are cached per (source, revision) for the life of the process, so a sweep
+    reads each model's files once however many cells it has.
+    """
+    return _resolve_cached(source, revision, metadata_dir)

@@ -1,9 +1,13 @@
 """Which architectures each engine version serves as an embedding model.
 
-One JSON snapshot per engine version lives in ``registry_data/`` (``ENGINE-VERSION.json``: the
-architectures served natively for embeddings and the causal-LM ones the engine converts to
-embedding models). A version without a snapshot uses the nearest older one, and says so. The
-built-in ``hf`` engine serves whatever transformers can load, custom code included when trusted.
+One JSON snapshot per engine version lives in ``registry_data/`` (``ENGINE-VERSION.json``,
+generated from the engine's wheel by :mod:`embedsweep.registry_gen`, which documents the rules):
+the architectures served natively for embeddings, the ones the engine serves as embedding models
+when asked to (vLLM converts causal LMs with ``--runner pooling``/``--convert embed``, or
+``--task embed`` before 0.10; SGLang pools them with ``--is-embedding``), and every architecture
+it registers. A release whose code does not convert causal LMs has an empty ``convertible``.
+A version without a snapshot uses the nearest older one, and says so. The built-in ``hf``
+engine serves whatever transformers can load, custom code included when trusted.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ class Snapshot:
     version: str
     embedding: frozenset[str]
     convertible: frozenset[str]
+    architectures: frozenset[str] = frozenset()
+    # The engine flags that turn a convertible architecture into an embedding server
+    # (e.g. ("--convert", "--runner") or ("--task",) for vLLM, ("--is-embedding",) for SGLang).
+    convert_flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,12 +59,16 @@ def _snapshots(engine: str) -> tuple[Snapshot, ...]:
     for entry in resources.files("embedsweep.registry_data").iterdir():
         if entry.name.startswith(f"{engine}-") and entry.name.endswith(".json"):
             data = json.loads(entry.read_text(encoding="utf-8"))
+            embedding = frozenset(data["embedding"])
+            convertible = frozenset(data["convertible"])
             found.append(
                 Snapshot(
                     engine=engine,
                     version=str(data["version"]),
-                    embedding=frozenset(data.get("embedding", [])),
-                    convertible=frozenset(data.get("convertible", [])),
+                    embedding=embedding,
+                    convertible=convertible,
+                    architectures=frozenset(data["architectures"]) | embedding | convertible,
+                    convert_flags=tuple(data["convert_flags"]),
                 )
             )
     return tuple(sorted(found, key=lambda s: _version_key(s.version)))

@@ -80,14 +80,15 @@ def _unresolvable(cell: Cell, engine: str, error: ModelError) -> PreflightResult
 
 
 def preflight_cell(
-    cell: Cell, *, fallback_engine: str | None = None
+    cell: Cell, *, fallback_engine: str | None = None, metadata_dir: Path | None = None
 ) -> tuple[list[PreflightResult], ModelMeta | None]:
     """Preflight the cell's engine and, when it routes there, the fallback engine.
 
     The last result decides: ok → run on its engine; blocked → the cell is blocked.
+    ``metadata_dir`` is a local mirror of hub models' metadata (see ``hub.resolve_model``).
     """
     try:
-        meta = resolve_model(cell.model.source, cell.model.revision)
+        meta = resolve_model(cell.model.source, cell.model.revision, metadata_dir=metadata_dir)
     except ModelError as exc:
         return [_unresolvable(cell, cell.engine, exc)], None
 

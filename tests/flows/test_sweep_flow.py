@@ -77,7 +77,7 @@ def test_unsupported_architecture_falls_back_and_keeps_both_facts(
     model = tmp_path / "minilm-mlm"
     shutil.copytree(minilm_dir, model)
     config = json.loads((model / "config.json").read_text())
-    config["architectures"] = ["BertForMaskedLM"]
+    config["architectures"] = ["BertForPreTraining"]
     (model / "config.json").write_text(json.dumps(config))
     spec = _spec(
         tmp_path,

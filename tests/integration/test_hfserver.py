@@ -173,6 +173,11 @@ def test_missing_engine_command(tmp_path: Path) -> None:
     assert err.value.code == "engine_not_installed"
 
 
+def _default_sigint() -> None:
+    # A runner started in the background may ignore SIGINT, and children inherit that.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _alive(pid: int) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -202,7 +207,11 @@ def test_ctrl_c_stops_the_whole_server_group(minilm_dir: Path, tmp_path: Path) -
         """
     )
     with subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=_default_sigint,
     ) as parent:
         assert parent.stdout is not None
         server_pid, port = (int(x) for x in parent.stdout.readline().split())

@@ -53,6 +53,8 @@ def test_interrupted_sweep_stops_its_server(tmp_path: Path, sig: signal.Signals)
         [EMBEDSWEEP, "run", str(sweep), "--no-progress"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # A runner started in the background may ignore SIGINT, and children inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     ) as run:
         deadline = time.monotonic() + 180
         while not _servers(model):

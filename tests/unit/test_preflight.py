@@ -122,3 +122,28 @@ def test_tensor_parallel_adds_memory(fixture_models: Path) -> None:
     meta = read_model_dir(fixture_models / "qwen3-embedding-8b")
     pool = PoolLimits(gpu_memory_gb=24, tensor_parallel_size=2)
     assert run_preflight(meta, model="q", engine="vllm", chunk_size=512, pool=pool).verdict == "ok"
+
+
+@pytest.mark.parametrize(
+    ("engine", "chunk", "verdict"),
+    [
+        ("vllm", 512, "ok"),
+        ("vllm", 513, "blocked"),
+        ("sglang", 511, "ok"),
+        ("sglang", 512, "blocked"),
+    ],
+)
+def test_e5_boundaries(fixture_models: Path, engine: str, chunk: int, verdict: str) -> None:
+    meta = read_model_dir(fixture_models / "e5-base-v2")
+    result = run_preflight(meta, model="e5", engine=engine, chunk_size=chunk)
+    assert result.verdict == verdict
+    assert [r.code for r in result.blocking] == ([] if verdict == "ok" else ["exceeds_context"])
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_qwen3_runs_on_both_engines_and_not_on_16_gb(fixture_models: Path, engine: str) -> None:
+    meta = read_model_dir(fixture_models / "qwen3-embedding-8b")
+    ok = run_preflight(meta, model="q", engine=engine, chunk_size=8192, pool=PoolLimits(80))
+    assert ok.verdict == "ok", ok.reasons
+    small = run_preflight(meta, model="q", engine=engine, chunk_size=8192, pool=PoolLimits(16))
+    assert [r.code for r in small.blocking] == ["insufficient_gpu_memory"]
