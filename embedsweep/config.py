@@ -121,6 +121,13 @@ class EngineCommand(_Strict):
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment for the server process."
     )
+    python: str | None = Field(
+        default=None,
+        description=(
+            "Python of the engine's own environment (e.g. /opt/vllm/bin/python): the preflight "
+            "then asks the installed engine which architectures it serves; its answer wins."
+        ),
+    )
 
     @field_validator("command", mode="before")
     @classmethod

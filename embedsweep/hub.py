@@ -8,6 +8,7 @@ in the local Hugging Face cache first and fetched (metadata files only) when the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -216,7 +217,30 @@ def _resolve_cached(source: str, revision: str | None, metadata_dir: Path | None
         raise ModelError(f"model folder {source} does not exist", code="model_not_found")
     if metadata_dir is not None and (mirror := _mirrored(metadata_dir, source)) is not None:
         return read_model_dir(mirror, ref=source)
-    return read_model_dir(_hub_dir(source, revision), ref=source)
+    meta = read_model_dir(_hub_dir(source, revision), ref=source)
+    if meta.weight_bytes is None:
+        # Only metadata was fetched: a single-file checkpoint has no index to read sizes from,
+        # so ask the hub for the weight files' sizes (never the files).
+        meta = dataclasses.replace(meta, weight_bytes=_hub_weight_bytes(source, revision))
+    return meta
+
+
+def _hub_weight_bytes(repo_id: str, revision: str | None) -> int | None:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+    except (HfHubHTTPError, OfflineModeIsEnabled, OSError):
+        return None  # offline or refused: the preflight warns that memory was not checked
+    files = info.siblings or []
+    for pattern in (".safetensors", ".bin"):
+        sizes = [
+            f.size or 0 for f in files if f.rfilename.endswith(pattern) and "/" not in f.rfilename
+        ]
+        if sum(sizes):
+            return sum(sizes)
+    return None
 
 
 def resolve_model(

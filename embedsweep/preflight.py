@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from embedsweep.hub import ModelMeta
 from embedsweep.records import PreflightResult, Reason
-from embedsweep.registry import snapshot_for, support
+from embedsweep.registry import LiveArchitectures, snapshot_for, support
 
 __all__ = [
     "PoolLimits",
@@ -108,7 +108,11 @@ def required_gpu_memory_gb(meta: ModelMeta, dtype: str) -> float | None:
 
 
 def _architecture_reasons(
-    meta: ModelMeta, engine: str, version: str | None, trusted: bool
+    meta: ModelMeta,
+    engine: str,
+    version: str | None,
+    trusted: bool,
+    live: LiveArchitectures | None = None,
 ) -> list[Reason]:
     arch = meta.architecture
     if arch is None:
@@ -119,7 +123,7 @@ def _architecture_reasons(
                 message="config.json names no architectures",
             )
         ]
-    sup = support(engine, version, arch, has_auto_map=bool(meta.auto_map))
+    sup = support(engine, version, arch, has_auto_map=bool(meta.auto_map), live=live)
     if sup.served:
         return []
     if sup.kind == "custom_code":
@@ -141,6 +145,20 @@ def _architecture_reasons(
             code="unsupported_architecture",
             severity="block",
             message=f"{where} does not serve {arch} as an embedding model",
+        )
+    ]
+
+
+def _live_reasons(engine: str, live: LiveArchitectures | None) -> list[Reason]:
+    if live is None or not live.differences:
+        return []
+    shown = "; ".join(live.differences[:3])
+    more = f" (and {len(live.differences) - 3} more)" if len(live.differences) > 3 else ""
+    return [
+        Reason(
+            code="registry_live_differs",
+            severity="warn",
+            message=f"the installed {engine} differs from the snapshot, and wins: {shown}{more}",
         )
     ]
 
@@ -217,10 +235,12 @@ def _check(
     pool: PoolLimits,
     trusted: bool,
     dtype: str,
+    live: LiveArchitectures | None = None,
 ) -> tuple[list[Reason], int | None]:
     limit = max_input_tokens(meta, engine)
     reasons = [
-        *_architecture_reasons(meta, engine, version, trusted),
+        *_live_reasons(engine, live),
+        *_architecture_reasons(meta, engine, version, trusted, live),
         *_length_reasons(limit, chunk_size, engine),
         *_memory_reasons(meta, dtype, pool),
         *_license_reasons(meta),
@@ -239,11 +259,15 @@ def run_preflight(
     trust_remote_code: bool = False,
     dtype: str = "auto",
     fallback_engine: str | None = None,
+    live: LiveArchitectures | None = None,
 ) -> PreflightResult:
     """The verdict for one cell. ``fallback_engine`` is named in the result when the engine cannot
-    serve the architecture and the fallback passes every check."""
+    serve the architecture and the fallback passes every check. ``live`` is the installed
+    engine's own registry, when there is one: it wins over the snapshot."""
     pool = pool or PoolLimits()
-    if engine != "hf" and engine_version is None:
+    if live is not None:
+        engine_version = live.version
+    elif engine != "hf" and engine_version is None:
         snap = snapshot_for(engine, None)
         engine_version = snap.version if snap else None
     reasons, limit = _check(
@@ -254,6 +278,7 @@ def run_preflight(
         pool=pool,
         trusted=trust_remote_code,
         dtype=dtype,
+        live=live,
     )
     blocked = any(r.severity == "block" for r in reasons)
     fallback = None

@@ -18,7 +18,14 @@ from functools import cache
 from importlib import resources
 from typing import Literal
 
-__all__ = ["Snapshot", "Support", "snapshot_for", "support"]
+__all__ = [
+    "LiveArchitectures",
+    "Snapshot",
+    "Support",
+    "live_architectures",
+    "snapshot_for",
+    "support",
+]
 
 SupportKind = Literal["native", "convertible", "custom_code", "unsupported"]
 
@@ -33,6 +40,16 @@ class Snapshot:
     # The engine flags that turn a convertible architecture into an embedding server
     # (e.g. ("--convert", "--runner") or ("--task",) for vLLM, ("--is-embedding",) for SGLang).
     convert_flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LiveArchitectures:
+    """What an installed engine reports about itself (``embedding`` None where it cannot say)."""
+
+    version: str
+    architectures: frozenset[str]
+    embedding: frozenset[str] | None
+    differences: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,13 +115,33 @@ def _transformers_architectures() -> frozenset[str]:
     return frozenset(names)
 
 
-def support(engine: str, version: str | None, architecture: str, *, has_auto_map: bool) -> Support:
-    """How ``engine`` at ``version`` serves ``architecture`` as an embedding model."""
+def support(
+    engine: str,
+    version: str | None,
+    architecture: str,
+    *,
+    has_auto_map: bool,
+    live: LiveArchitectures | None = None,
+) -> Support:
+    """How ``engine`` at ``version`` serves ``architecture`` as an embedding model.
+
+    ``live`` is what the installed engine itself reports; where it says, it wins over the
+    snapshot (whether a causal LM converts still comes from the snapshot's rules).
+    """
     if engine == "hf":
         if architecture in _transformers_architectures():
             return Support("native", None)
         return Support("custom_code" if has_auto_map else "unsupported", None)
     snap = snapshot_for(engine, version)
+    if live is not None:
+        where = f"{live.version} (installed)"
+        if live.embedding is not None and architecture in live.embedding:
+            return Support("native", where)
+        convertible = snap is not None and architecture in snap.convertible
+        if architecture in live.architectures and convertible:
+            return Support("convertible", where)
+        if live.embedding is not None or architecture not in live.architectures:
+            return Support("unsupported", where)
     if snap is None:
         return Support("unsupported", None)
     if architecture in snap.embedding:
@@ -112,3 +149,26 @@ def support(engine: str, version: str | None, architecture: str, *, has_auto_map
     if architecture in snap.convertible:
         return Support("convertible", snap.version)
     return Support("unsupported", snap.version)
+
+
+@cache
+def live_architectures(engine: str, python: str) -> LiveArchitectures | None:
+    """Ask the engine installed in ``python``'s environment (once per process), with the
+    differences from the snapshot; None when the engine is not importable there."""
+    from embedsweep.registry_gen import diff_snapshot
+    from embedsweep.registry_gen import live_architectures as query
+
+    live = query(engine, python)
+    if live is None:
+        return None
+    snap = snapshot_for(engine, live["version"])
+    differences: list[str] = []
+    if snap is not None:
+        data_file = resources.files("embedsweep.registry_data") / f"{engine}-{snap.version}.json"
+        differences = diff_snapshot(json.loads(data_file.read_text(encoding="utf-8")), live)
+    return LiveArchitectures(
+        version=live["version"],
+        architectures=live["architectures"],
+        embedding=live["embedding"],
+        differences=tuple(differences),
+    )

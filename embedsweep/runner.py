@@ -23,6 +23,7 @@ from embedsweep.errors import EmbedsweepError, ModelError, ServerError
 from embedsweep.hub import ModelMeta, resolve_model
 from embedsweep.preflight import PoolLimits, run_preflight
 from embedsweep.records import LevelSummary, PreflightResult, Reason, RunManifest
+from embedsweep.registry import LiveArchitectures, live_architectures
 
 __all__ = ["CellPlan", "Progress", "preflight_cell", "run_cell", "write_manifest"]
 
@@ -79,6 +80,15 @@ def _unresolvable(cell: Cell, engine: str, error: ModelError) -> PreflightResult
     )
 
 
+def _live(engine: str, python: str) -> LiveArchitectures | None:
+    try:
+        return live_architectures(engine, python)
+    except EmbedsweepError:
+        # An engine that cannot even be imported will fail to start too: the run records that;
+        # the preflight falls back to the snapshot.
+        return None
+
+
 def preflight_cell(
     cell: Cell, *, fallback_engine: str | None = None, metadata_dir: Path | None = None
 ) -> tuple[list[PreflightResult], ModelMeta | None]:
@@ -93,6 +103,8 @@ def preflight_cell(
         return [_unresolvable(cell, cell.engine, exc)], None
 
     def check(engine: str, fallback: str | None) -> PreflightResult:
+        command = cell.pool.engines.get(engine)  # type: ignore[call-overload]
+        live = _live(engine, command.python) if command and command.python else None
         return run_preflight(
             meta,
             model=cell.model.display_name,
@@ -103,6 +115,7 @@ def preflight_cell(
             trust_remote_code=cell.model.trust_remote_code,
             dtype=cell.model.dtype,
             fallback_engine=fallback,
+            live=live,
         )
 
     first = check(cell.engine, fallback_engine)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,68 @@ def test_auto_map_is_read(fixture_models: Path, tmp_path: Path) -> None:
     assert meta.auto_map["AutoModel"] == "modeling_nvembed.NVEmbedModel"
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
     assert read_model_dir(tmp_path).auto_map == {}
+
+
+def _hub_response(status: int) -> Any:
+    import httpx2
+
+    return httpx2.Response(status, request=httpx2.Request("GET", "https://hub.invalid/api/x"))
+
+
+@pytest.mark.parametrize(
+    ("error_name", "status", "code"),
+    [
+        ("GatedRepoError", 403, "gated_model"),
+        ("RepositoryNotFoundError", 404, "model_not_found"),
+        ("RevisionNotFoundError", 404, "model_not_found"),
+    ],
+)
+def test_hub_refusals_map_to_reason_codes(
+    monkeypatch: pytest.MonkeyPatch, error_name: str, status: int, code: str
+) -> None:
+    # The hub cannot be reached from here: a fake snapshot_download raises what the real one
+    # raises for a gated, missing or unknown-revision repository.
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    def fake_hub_snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        assert kwargs["revision"] == "abc123"  # the pinned revision is asked for
+        assert "*.safetensors" not in kwargs["allow_patterns"]  # metadata only
+        raise getattr(errors, error_name)("refused", response=_hub_response(status))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_hub_snapshot_download)
+    with pytest.raises(ModelError) as err:
+        resolve_model(f"org/{error_name}", "abc123")
+    assert err.value.code == code
+
+
+def test_hub_metadata_only_download_gets_weight_size_from_the_hub(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fixture_models: Path
+) -> None:
+    import shutil
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    snapshot = tmp_path / "snap"
+    shutil.copytree(fixture_models / "e5-base-v2", snapshot)
+    (snapshot / "model.safetensors.index.json").unlink()  # e5-base-v2 ships one weight file
+
+    def fake_hub_snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        return str(snapshot)
+
+    class FakeHubApi:
+        def model_info(self, repo_id: str, **kwargs: Any) -> Any:
+            assert kwargs["files_metadata"] is True
+            files = [
+                SimpleNamespace(rfilename="model.safetensors", size=437_955_512),
+                SimpleNamespace(rfilename="onnx/model.safetensors", size=1),
+                SimpleNamespace(rfilename="config.json", size=650),
+            ]
+            return SimpleNamespace(siblings=files)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_hub_snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHubApi)
+    meta = resolve_model("intfloat/e5-base-v2-sized")
+    assert meta.weight_bytes == 437_955_512
+    assert meta.license == "mit"

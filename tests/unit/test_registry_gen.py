@@ -13,6 +13,7 @@ import sys
 import zipfile
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -488,3 +489,50 @@ def test_live_query_failures(
     with pytest.raises(EmbedsweepError, match=message) as info:
         live_architectures("vllm", python or fake_engine_python(tmp_path, files))
     assert info.value.code == "engine_query_failed"
+
+
+def test_preflight_asks_the_installed_engine_and_its_answer_wins(
+    tmp_path: Path, fixture_models: Path
+) -> None:
+    """A fake vLLM install (vLLM itself needs a GPU box) that serves an architecture the
+    committed 0.33.0 snapshot lacks: the preflight follows the engine and says so."""
+    from embedsweep.config import parse_sweep
+    from embedsweep.runner import preflight_cell
+
+    model = tmp_path / "new-embed"
+    shutil.copytree(fixture_models / "e5-base-v2", model)
+    config = json.loads((model / "config.json").read_text())
+    config["architectures"] = ["NewEmbedModel"]
+    (model / "config.json").write_text(json.dumps(config))
+    python = fake_engine_python(tmp_path, FAKE_VLLM_PACKAGE)
+
+    def sweep(engine_python: str | None) -> Any:
+        vllm: dict[str, Any] = {"command": "vllm", "version": "0.33.0"}
+        if engine_python:
+            vllm["python"] = engine_python
+        return parse_sweep(
+            {
+                "name": "live",
+                "models": [{"source": str(model), "name": "new"}],
+                "engines": ["vllm"],
+                "pools": [
+                    {
+                        "name": "p",
+                        "gpu_model": "H100",
+                        "gpu_memory_gb": 80,
+                        "devices": ["0"],
+                        "engines": {"vllm": vllm},
+                    }
+                ],
+                "load": {"chunk_sizes": [128], "concurrency": [1]},
+            },
+            source="test",
+        ).cells()[0]
+
+    (snapshot_only,), _ = preflight_cell(sweep(None))
+    assert [r.code for r in snapshot_only.blocking] == ["unsupported_architecture"]
+    (live,), _ = preflight_cell(sweep(python))
+    assert live.verdict == "ok"
+    assert live.engine_version == "0.33.1"
+    warning = next(r for r in live.reasons if r.code == "registry_live_differs")
+    assert "NewEmbedModel" in warning.message
