@@ -19,7 +19,7 @@ from typing import Any
 
 from embedsweep.errors import ModelError
 
-__all__ = ["METADATA_FILES", "ModelMeta", "read_model_dir", "resolve_model"]
+__all__ = ["METADATA_FILES", "ModelMeta", "is_hub_id", "read_model_dir", "resolve_model"]
 
 PACKAGE_PREFIX = "package:"
 
@@ -206,6 +206,13 @@ def _mirrored(metadata_dir: Path, repo_id: str) -> Path | None:
     return None
 
 
+def is_hub_id(source: str) -> bool:
+    """True for 'org/name' references that resolve through the hub (not a folder or package)."""
+    if source.startswith(PACKAGE_PREFIX) or Path(source).expanduser().is_dir():
+        return False
+    return not source.startswith(("/", "./", "../", "~")) and source.count("/") == 1
+
+
 @functools.cache
 def _resolve_cached(source: str, revision: str | None, metadata_dir: Path | None) -> ModelMeta:
     if source.startswith(PACKAGE_PREFIX):
@@ -213,7 +220,7 @@ def _resolve_cached(source: str, revision: str | None, metadata_dir: Path | None
     path = Path(source).expanduser()
     if path.is_dir():
         return read_model_dir(path.resolve(), ref=source)
-    if source.startswith(("/", "./", "../", "~")) or source.count("/") != 1:
+    if not is_hub_id(source):
         raise ModelError(f"model folder {source} does not exist", code="model_not_found")
     if metadata_dir is not None and (mirror := _mirrored(metadata_dir, source)) is not None:
         return read_model_dir(mirror, ref=source)

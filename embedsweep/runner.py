@@ -20,7 +20,7 @@ from embedsweep.config import Cell, LoadSpec
 from embedsweep.engines import Launch, adapter_for
 from embedsweep.engines.process import ServerProcess, free_port
 from embedsweep.errors import EmbedsweepError, ModelError, ServerError
-from embedsweep.hub import ModelMeta, resolve_model
+from embedsweep.hub import ModelMeta, is_hub_id, resolve_model
 from embedsweep.preflight import PoolLimits, run_preflight
 from embedsweep.records import LevelSummary, PreflightResult, Reason, RunManifest
 from embedsweep.registry import LiveArchitectures, live_architectures
@@ -206,7 +206,7 @@ def _measure(
     payloads, expected = _calibrated_payloads(meta, plan, served_name)
     command = cell.pool.engines.get(final.engine)  # type: ignore[call-overload]
     launch = Launch(
-        model_path=meta.path,
+        model_path=cell.model.source if is_hub_id(cell.model.source) else meta.path,
         served_name=served_name,
         port=free_port(),
         api_key=secrets.token_urlsafe(24),

@@ -13,7 +13,9 @@ __all__ = ["EngineAdapter", "Launch"]
 class Launch:
     """Everything an adapter needs to build one server's command line."""
 
-    model_path: Path
+    # A local folder, or a hub id that the engine downloads itself (weights are never fetched
+    # by the preflight; the server's start-up does it, as vLLM and SGLang do).
+    model_path: Path | str
     served_name: str
     port: int
     api_key: str

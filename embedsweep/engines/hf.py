@@ -22,6 +22,8 @@ class HFAdapter:
             "--max-model-len", str(launch.max_input_tokens),
             "--dtype", launch.dtype,
         ]  # fmt: skip
+        if launch.revision:
+            argv += ["--revision", launch.revision]
         if launch.devices == ("cpu",):
             argv += ["--device", "cpu"]
         if launch.trust_remote_code:

@@ -21,7 +21,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m embedsweep.hfserver",
         description="The built-in OpenAI-compatible embedding server.",
     )
-    parser.add_argument("--model", required=True, type=Path, help="model folder")
+    parser.add_argument("--model", required=True, help="model folder, or a hub id to download")
+    parser.add_argument("--revision", default=None, help="hub revision (hub ids only)")
     parser.add_argument("--served-model-name", default=None, help="name in /v1/models")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
@@ -54,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     from embedsweep.preflight import max_input_tokens
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    meta = read_model_dir(args.model.resolve())
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        from huggingface_hub import snapshot_download
+
+        log.info("downloading %s (revision %s)", args.model, args.revision or "default")
+        model_dir = Path(snapshot_download(args.model, revision=args.revision))
+    meta = read_model_dir(model_dir.resolve())
     limit = args.max_model_len or max_input_tokens(meta, "hf") or 512
     log.info(
         "loading %s on %s (dtype %s, max input %d tokens)", args.model, device, args.dtype, limit
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         max_batch_tokens=args.max_batch_tokens,
     )
     batcher.start()
-    name = args.served_model_name or args.model.name
+    name = args.served_model_name or model_dir.name
     app = build_app(batcher, served_name=name, api_key=os.environ.get("EMBEDSWEEP_API_KEY"))
     log.info(
         "model loaded in %.1f s; serving %s on http://%s:%d",
