@@ -205,12 +205,27 @@ def calibrate(
     tokens: Annotated[int, typer.Option(min=1, help="Exact length of each text, in tokens.")],
     count: Annotated[int, typer.Option(min=1, help="How many distinct texts.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the generator.")] = 0,
+    corpus: Annotated[
+        Path | None,
+        typer.Option(
+            help="Cut windows of this UTF-8 text file instead of drawing vocabulary words."
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Texts of exactly TOKENS tokens as MODEL's own tokenizer counts them (special tokens too)."""
+    """Texts of exactly TOKENS tokens as MODEL's own tokenizer counts them (special tokens too).
+
+    The counts printed with --json are the tokenizer's own, counted again after generation."""
     try:
         calibrator = _calibrator(model)
-        texts = calibrator.texts(tokens, count, seed)
+        if corpus is not None:
+            try:
+                corpus_text = corpus.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                _fail(f"{corpus}: cannot read the corpus as UTF-8 text ({exc})")
+            texts = calibrator.windows(corpus_text, tokens, count, seed)
+        else:
+            texts = calibrator.texts(tokens, count, seed)
         counts = calibrator.count_batch(texts)
     except (ConfigError, ModelError) as exc:
         _fail(exc.message)

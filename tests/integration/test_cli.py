@@ -125,3 +125,19 @@ def test_report_without_warehouse_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "run a sweep first" in result.stderr
+
+
+def test_calibrate_corpus_windows(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    sentences = [f"Sentence number {i} talks about the weather and the sea." for i in range(400)]
+    corpus.write_text("\n".join(sentences), encoding="utf-8")
+    result = _cli(
+        "calibrate", MODEL, "--tokens", "64", "--count", "4", "--corpus", str(corpus), "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    texts = json.loads(result.stdout)["texts"]
+    assert [t["tokens"] for t in texts] == [64] * 4
+    assert all(t["text"] in corpus.read_text() for t in texts)
+    missing = _cli("calibrate", MODEL, "--tokens", "64", "--corpus", str(tmp_path / "nope.txt"))
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1

