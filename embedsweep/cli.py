@@ -248,24 +248,46 @@ def load(
     model: Annotated[str, typer.Option(help="Model name the server serves.")],
     tokenizer: Annotated[str, typer.Option(help="Model whose tokenizer calibrates the texts.")],
     chunk_size: Annotated[int, typer.Option(min=1, help="Tokens per input.")],
-    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 1,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Requests in flight (closed loop) or connections (--rate).")
+    ] = 1,
     requests: Annotated[int | None, typer.Option(min=1, help="Requests to send.")] = None,
     duration: Annotated[float | None, typer.Option(min=0.1, help="Seconds to run.")] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Open loop: Poisson arrivals at this many requests/s."),
+    ] = None,
+    slo_p99_ms: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Search the highest rate whose p99 stays within this (goodput); needs "
+            "--duration; searches from --rate (default 10/s) up to --rate-max.",
+        ),
+    ] = None,
+    rate_max: Annotated[float, typer.Option(min=0.001, help="Upper bound of the search.")] = 1e5,
+    processes: Annotated[int, typer.Option(min=1, help="Client processes.")] = 1,
     batch: Annotated[int, typer.Option(min=1, help="Inputs per request.")] = 1,
     warmup: Annotated[int, typer.Option(min=0, help="Unrecorded requests first.")] = 8,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the texts and the arrivals.")] = 0,
     timeout: Annotated[float, typer.Option(min=0.1, help="Per-request timeout, s.")] = 120.0,
     api_key_env: Annotated[
         str, typer.Option(help="Environment variable holding the API key, if any.")
     ] = "EMBEDSWEEP_API_KEY",
     as_json: JsonFlag = False,
 ) -> None:
-    """Drive a closed-loop calibrated load against an already running endpoint."""
-    from embedsweep.loadgen import build_payloads, run_level_sync
-    from embedsweep.metrics import summarize
+    """Drive a calibrated load (closed loop, or open loop with --rate) against a running endpoint.
 
-    if (requests is None) == (duration is None):
+    Every response's usage.prompt_tokens is checked against what was sent; a level with any
+    mismatch is reported as invalid."""
+    from embedsweep.loadgen import build_payloads, run_level_sync
+    from embedsweep.metrics import slo_search, summarize
+    from embedsweep.records import LevelSummary
+
+    if slo_p99_ms is None and (requests is None) == (duration is None):
         _fail("give exactly one of --requests or --duration")
+    if slo_p99_ms is not None and duration is None:
+        _fail("--slo-p99-ms runs each rate for --duration seconds: give --duration")
     try:
         calibrator = _calibrator(tokenizer)
         distinct = min((requests or 1024) + warmup, 1024) * batch
@@ -273,18 +295,45 @@ def load(
     except (ConfigError, ModelError) as exc:
         _fail(exc.message)
     payloads = build_payloads(model, texts, batch)
-    records = run_level_sync(
-        url.rstrip("/"),
-        payloads,
-        chunk_size * batch,
-        concurrency=concurrency,
-        requests=requests,
-        duration_s=duration,
-        warmup=warmup,
-        timeout_s=timeout,
-        api_key=os.environ.get(api_key_env) or None,
-    )
-    summary = summarize(records, batch_size=batch)
+    api_key = os.environ.get(api_key_env) or None
+
+    def level(at_rate: float | None) -> LevelSummary:
+        records = run_level_sync(
+            url.rstrip("/"),
+            payloads,
+            chunk_size * batch,
+            concurrency=concurrency,
+            requests=None if slo_p99_ms is not None else requests,
+            duration_s=duration,
+            warmup=warmup,
+            timeout_s=timeout,
+            api_key=api_key,
+            rate=at_rate,
+            seed=seed,
+            processes=processes,
+        )
+        return summarize(records, batch_size=batch)
+
+    if slo_p99_ms is not None:
+        best, tried = slo_search(level, slo_p99_ms, rate or 10.0, rate_max)
+        if as_json:
+            _echo_json(
+                {
+                    "slo_p99_ms": slo_p99_ms,
+                    "best_rate_rps": best,
+                    "levels": [t.model_dump(mode="json") for t in tried],
+                }
+            )
+        else:
+            for t in tried:
+                typer.echo(
+                    f"  offered {t.offered_rps or 0:.1f}/s: achieved {t.throughput_rps:.1f}/s, "
+                    f"p99 {t.latency_ms.p99:.1f} ms, valid {t.valid}"
+                )
+            verdict = f"{best:.1f} requests/s" if best else "no rate met it"
+            typer.echo(f"highest rate with p99 <= {slo_p99_ms} ms: {verdict}")
+        return
+    summary = level(rate)
     out = {
         "requests": summary.requests,
         "ok": summary.ok,
@@ -298,6 +347,14 @@ def load(
         "prompt_tokens_mismatch": summary.prompt_tokens_mismatch,
         "achieved_concurrency": summary.achieved_concurrency,
         "valid": summary.valid,
+        "mode": summary.mode,
+        "offered_rps": summary.offered_rps,
+        "lag_ms": {
+            "mean": summary.lag_mean_ms,
+            "p99": summary.lag_p99_ms,
+            "max": summary.lag_max_ms,
+        },
+        "unsent": summary.unsent,
     }
     if as_json:
         _echo_json(out)
@@ -308,7 +365,13 @@ def load(
             f"{summary.throughput_rps:.1f} req/s, {summary.input_tokens_per_s:.0f} tok/s, "
             f"p50 {lat.p50:.1f} ms, p99 {lat.p99:.1f} ms, "
             f"token mismatches {summary.prompt_tokens_mismatch}"
+            + ("" if summary.valid else " — INVALID")
         )
+        if summary.mode == "open":
+            typer.echo(
+                f"  offered {summary.offered_rps or 0:.1f}/s, client lag mean "
+                f"{summary.lag_mean_ms:.2f} ms, p99 {summary.lag_p99_ms:.2f} ms"
+            )
         for cause, n in summary.errors_by_cause.items():
             typer.echo(f"  errors {cause}: {n}")
 

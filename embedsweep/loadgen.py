@@ -1,41 +1,58 @@
-"""Closed-loop load client for an OpenAI-compatible ``/v1/embeddings`` endpoint.
+"""Load client for an OpenAI-compatible ``/v1/embeddings`` endpoint.
 
 This module owns the request bytes (bodies and headers serialised before any clock starts), the
-per-connection HTTP/1.1 client (an asyncio Protocol over ``httptools``), the level runner
-(warm-up, then a fixed number of requests or a fixed duration at a fixed concurrency) and the
-columnar per-request records it returns. It measures the server, not itself: the hot path writes
-pre-built bytes, reads the status and ``usage.prompt_tokens`` with a byte search, and never parses
-the embeddings; only error bodies are decoded. A failed request is a record (status 0 for no
-response, with ``timeout: ...`` or ``connection: ...`` as its error), never an exception.
+per-connection HTTP/1.1 client (an asyncio Protocol over ``httptools``), the level runner and the
+columnar per-request records it returns. A level runs in one of two modes:
+
+- closed loop: ``concurrency`` connections, each sending its next request as soon as the last one
+  is answered;
+- open loop: requests arrive as a Poisson process at ``rate`` per second, the schedule drawn from
+  ``numpy.random.default_rng(seed)`` before the clock starts; each is sent at its time whether or
+  not earlier ones have been answered, over at most ``concurrency`` connections. An arrival that
+  finds no free connection waits for one, and that wait is recorded as client lag.
+
+Either mode runs warm-up requests first (closed loop, not recorded), then a fixed number of
+requests or a fixed duration, in one process or split over several (``processes``) when one core
+cannot keep up. It measures the server, not itself: the hot path writes pre-built bytes, reads the
+status and ``usage.prompt_tokens`` with a byte search, and never parses the embeddings; only error
+bodies are decoded. A failed request is a record (status 0 for no response, with ``timeout: ...``
+or ``connection: ...`` as its error), never an exception.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import json
+import math
+import multiprocessing
+import multiprocessing.connection
 import re
 import signal
 import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, cast
 from urllib.parse import urlsplit
 
 import httptools
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
 
-from embedsweep.errors import ConfigError
+from embedsweep.errors import ConfigError, EmbedsweepError
 from embedsweep.records import REQUEST_COLUMNS
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "EMBEDDINGS_PATH",
     "LevelRecords",
     "build_payloads",
+    "poisson_schedule",
     "run_level",
     "run_level_sync",
 ]
@@ -47,15 +64,35 @@ _MAX_ERROR_CHARS = 500
 _PROMPT_TOKENS_KEY = b'"prompt_tokens"'
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _NO_DEADLINE = sys.maxsize
+# A schedule is held in memory as one int64 per arrival: refuse one that would not fit sensibly.
+_MAX_SCHEDULED = 100_000_000
+# How far ahead of "now" the parent sets the shared start of a multi-process level: long enough
+# for every worker to receive the start message and be waiting when it comes.
+_START_MARGIN_NS = 100_000_000
 
 # How a worker's connection ended its turn.
 _DONE = 0
 _RECONNECT = 1
 
+# What _Phase.take answers instead of a due time (due times are perf_counter_ns values, >= 0).
+_NOT_YET = -1
+_EXHAUSTED = -2
+
+
+def _no_schedule() -> npt.NDArray[np.int64]:
+    return np.empty(0, dtype=np.int64)
+
 
 @dataclass
 class LevelRecords:
-    """One load level's requests, one row per request in start order (columnar)."""
+    """One load level's requests, one row per request in start order (columnar).
+
+    Times are ns after the level's clock start. ``scheduled_ns`` is when each request was due: its
+    drawn arrival in an open loop, its actual start in a closed loop (left empty, it is filled
+    from ``start_ns``), so ``start_ns - scheduled_ns`` is the client's lag. ``offered_rps`` is the
+    open loop's offered rate (None in a closed loop) and ``unsent`` the arrivals that never
+    started because the level's duration ran out first.
+    """
 
     concurrency: int
     start_ns: npt.NDArray[np.int64]
@@ -65,18 +102,39 @@ class LevelRecords:
     expected_tokens: npt.NDArray[np.int32]
     error: list[str | None]
     wall_ns: int
+    scheduled_ns: npt.NDArray[np.int64] = field(default_factory=_no_schedule)
+    offered_rps: float | None = None
+    unsent: int = 0
+    processes: int = 1
+
+    def __post_init__(self) -> None:
+        if len(self.scheduled_ns) == 0 and len(self.start_ns) > 0:
+            self.scheduled_ns = self.start_ns.copy()
+        if len(self.scheduled_ns) != len(self.start_ns):
+            raise ValueError(
+                f"{len(self.scheduled_ns)} scheduled times for {len(self.start_ns)} requests"
+            )
 
     def __len__(self) -> int:
         return len(self.latency_ns)
 
+    @property
+    def mode(self) -> Literal["closed", "open"]:
+        return "closed" if self.offered_rps is None else "open"
+
     def to_arrow(self, run_id: str) -> pa.Table:
         """The rows as a table with exactly the columns of ``REQUEST_COLUMNS``."""
+        # Imported here: worker processes of a multi-process level never build tables, and
+        # pyarrow is most of their start-up time.
+        import pyarrow as pa
+
         n = len(self)
         columns = {
             "run_id": pa.array([run_id] * n, type=pa.string()),
             "concurrency": pa.array(np.full(n, self.concurrency, dtype=np.int32), type=pa.int32()),
             "seq": pa.array(np.arange(n, dtype=np.int64), type=pa.int64()),
             "start_ns": pa.array(self.start_ns, type=pa.int64()),
+            "scheduled_ns": pa.array(self.scheduled_ns, type=pa.int64()),
             "latency_ns": pa.array(self.latency_ns, type=pa.int64()),
             "status": pa.array(self.status, type=pa.int16()),
             "prompt_tokens": pa.array(self.prompt_tokens, type=pa.int32()),
@@ -107,6 +165,59 @@ def build_payloads(model: str, texts: Sequence[str], batch_size: int) -> list[by
         }
         payloads.append(json.dumps(request, separators=(",", ":")).encode())
     return payloads
+
+
+def poisson_schedule(
+    rate: float,
+    *,
+    seed: int,
+    requests: int | None = None,
+    duration_s: float | None = None,
+) -> npt.NDArray[np.int64]:
+    """Arrival times (ns after the clock start, ascending) of a Poisson process at ``rate`` per
+    second: ``requests`` arrivals, or every arrival before ``duration_s``, or whichever set is
+    smaller when both are given. The same arguments always give the same schedule."""
+    if not (math.isfinite(rate) and rate > 0):
+        raise ConfigError(f"rate must be a positive number of requests/s, got {rate}")
+    if duration_s is not None:
+        expected = rate * duration_s if requests is None else min(rate * duration_s, requests)
+    elif requests is not None:
+        expected = requests
+    else:
+        raise ConfigError("give a number of requests or a duration")
+    if expected > _MAX_SCHEDULED:
+        raise ConfigError(
+            f"{expected:.0f} arrivals is too long a schedule (at most {_MAX_SCHEDULED:,}); "
+            "lower the rate or the duration"
+        )
+    rng = np.random.default_rng(seed)
+    mean_gap_s = 1.0 / rate
+    if duration_s is None:
+        assert requests is not None
+        arrivals_s = np.cumsum(rng.exponential(mean_gap_s, size=requests))
+    else:
+        # Enough gaps that running short is a six-sigma event; the loop covers it anyway.
+        count = int(expected + 6 * math.sqrt(expected) + 16)
+        arrivals_s = np.cumsum(rng.exponential(mean_gap_s, size=count))
+        while arrivals_s[-1] < duration_s and (requests is None or len(arrivals_s) < requests):
+            more = np.cumsum(rng.exponential(mean_gap_s, size=count)) + arrivals_s[-1]
+            arrivals_s = np.concatenate([arrivals_s, more])
+        arrivals_s = arrivals_s[arrivals_s < duration_s]
+        if requests is not None:
+            arrivals_s = arrivals_s[:requests]
+    return np.asarray(np.floor(arrivals_s * 1e9), dtype=np.int64)
+
+
+def _offered_rps(
+    schedule_ns: npt.NDArray[np.int64], rate: float, requests: int | None, duration_s: float | None
+) -> float:
+    # Over a fixed duration the rate actually offered is the arrivals drawn over that window (a
+    # short level's Poisson count is a few percent off the target, and the achieved rate should
+    # be compared with what was offered, not with what was asked for). A schedule cut by a
+    # request count has no window of its own: its offered rate is the target.
+    if duration_s is not None and (requests is None or len(schedule_ns) < requests):
+        return len(schedule_ns) / duration_s
+    return rate
 
 
 @dataclass(frozen=True)
@@ -185,7 +296,8 @@ def _error_message(status: int, body: bytes) -> str:
 
 
 class _Phase:
-    """One run of requests (warm-up or measured): its budget and the rows it produced."""
+    """One closed-loop run of requests (warm-up or measured): its budget and the rows it
+    produced. A request may start whenever a connection is free."""
 
     __slots__ = (
         "deadline_ns",
@@ -193,6 +305,7 @@ class _Phase:
         "latencies",
         "prompt_tokens",
         "remaining",
+        "scheduled",
         "starts",
         "statuses",
     )
@@ -201,6 +314,7 @@ class _Phase:
         self.remaining = requests if requests is not None else sys.maxsize
         self.deadline_ns = deadline_ns
         self.starts: list[int] = []
+        self.scheduled: list[int] = []
         self.latencies: list[int] = []
         self.statuses: list[int] = []
         self.prompt_tokens: list[int] = []
@@ -210,12 +324,122 @@ class _Phase:
     def exhausted(self, now_ns: int) -> bool:
         return self.remaining <= 0 or now_ns >= self.deadline_ns
 
-    def add_failure(self, start_ns: int, end_ns: int, message: str) -> None:
+    def take(self, now_ns: int) -> int:
+        """Claim the next request: the time it was due (here: now), or ``_EXHAUSTED``."""
+        if self.remaining <= 0 or now_ns >= self.deadline_ns:
+            return _EXHAUSTED
+        self.remaining -= 1
+        return now_ns
+
+    def park(self, connection: _Connection) -> None:
+        raise AssertionError("a closed loop never has to wait for a due time")
+
+    def fail_connect(self, started_ns: int, end_ns: int, message: str) -> None:
+        """Record the request a failed connection attempt was for."""
+        if not self.exhausted(end_ns):
+            self.remaining -= 1
+            self.add_failure(started_ns, started_ns, end_ns, message)
+
+    def add_failure(self, scheduled_ns: int, start_ns: int, end_ns: int, message: str) -> None:
         self.errors[len(self.latencies)] = message
+        self.scheduled.append(scheduled_ns)
         self.starts.append(start_ns)
         self.latencies.append(end_ns - start_ns)
         self.statuses.append(0)
         self.prompt_tokens.append(-1)
+
+    def unsent(self) -> int:
+        return 0
+
+    def stop(self) -> None:
+        """Release what the phase holds on to (nothing in a closed loop)."""
+
+
+class _OpenPhase(_Phase):
+    """An open-loop run: requests are due at the times of a fixed schedule.
+
+    A connection that finishes a response takes the next arrival if it is due; otherwise it parks
+    here, and one timer (for the earliest pending arrival) hands due arrivals to parked
+    connections. An arrival due while every connection is busy waits for the next one to free
+    up; its actual start minus its due time is the lag the records show.
+    """
+
+    __slots__ = ("_idle", "_loop", "_next", "_schedule", "_timer")
+
+    def __init__(
+        self, schedule_ns: array.array[int], deadline_ns: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__(None, deadline_ns)
+        self._schedule = schedule_ns
+        self._next = 0
+        self._loop = loop
+        self._idle: list[_Connection] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def exhausted(self, now_ns: int) -> bool:
+        return self._next >= len(self._schedule) or now_ns >= self.deadline_ns
+
+    def take(self, now_ns: int) -> int:
+        at = self._next
+        if at >= len(self._schedule) or now_ns >= self.deadline_ns:
+            self.stop()
+            return _EXHAUSTED
+        due = self._schedule[at]
+        if due > now_ns:
+            return _NOT_YET
+        self._next = at + 1
+        if at + 1 == len(self._schedule):
+            # The last arrival is out: connections still parked have nothing left to wait for.
+            self.stop()
+        return due
+
+    def park(self, connection: _Connection) -> None:
+        self._idle.append(connection)
+        if self._timer is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._next >= len(self._schedule):
+            return
+        delay_s = (self._schedule[self._next] - time.perf_counter_ns()) / 1e9
+        # Event-loop timers have millisecond granularity (libuv's, and epoll's timeout), so a
+        # dispatch can be up to about a millisecond late; that shows in the lag rather than
+        # being hidden by a busy wait that would take CPU from the server on a shared host.
+        self._timer = self._loop.call_later(max(delay_s, 0.0), self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        idle = self._idle
+        while idle:
+            now = time.perf_counter_ns()
+            if self.exhausted(now):
+                self.stop()
+                return
+            if self._schedule[self._next] > now:
+                # The timer fired early (granularity); wait again for the same arrival.
+                self._arm()
+                return
+            connection = idle.pop()
+            if not connection.closed:
+                # Takes the due arrival; a connection found dead here was already handed back to
+                # its worker by connection_lost, which reconnects and parks the new one.
+                connection.send_next()
+
+    def fail_connect(self, started_ns: int, end_ns: int, message: str) -> None:
+        due = self.take(end_ns)
+        if due >= 0:
+            self.add_failure(due, max(due, started_ns), end_ns, message)
+
+    def unsent(self) -> int:
+        return len(self._schedule) - self._next
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.finish(_DONE)
 
 
 class _Shared:
@@ -223,9 +447,9 @@ class _Shared:
 
     __slots__ = ("live", "next_index", "requests", "timeout_s")
 
-    def __init__(self, requests: list[bytes], timeout_s: float) -> None:
+    def __init__(self, requests: list[bytes], timeout_s: float, first_index: int = 0) -> None:
         self.requests = requests
-        self.next_index = 0
+        self.next_index = first_index % len(requests)
         self.timeout_s = timeout_s
         # Every connection whose transport has not reported connection_lost yet, replaced ones
         # included, so the level can wait for all its sockets to close.
@@ -251,6 +475,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.in_flight = False
         self.started_ns = 0
+        self.scheduled_ns = 0
         self._headers_done = False
 
     # -- driving -----------------------------------------------------------------------------
@@ -263,28 +488,35 @@ class _Connection(asyncio.Protocol):
         self._phase = phase
         waiter: asyncio.Future[int] = self._loop.create_future()
         self._waiter = waiter
-        self._send_next()
+        self.send_next()
         return await waiter
 
-    def _finish(self, outcome: int) -> None:
+    def finish(self, outcome: int) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(outcome)
 
-    def _send_next(self) -> None:
+    def send_next(self) -> None:
         phase = self._phase
         transport = self._transport
-        now = time.perf_counter_ns()
-        if phase is None or transport is None or self.closed or phase.exhausted(now):
-            self._finish(_DONE)
+        if phase is None or transport is None or self.closed:
+            self.finish(_DONE)
             return
-        phase.remaining -= 1
+        now = time.perf_counter_ns()
+        due = phase.take(now)
+        if due < 0:
+            if due == _NOT_YET:
+                phase.park(self)
+            else:
+                self.finish(_DONE)
+            return
         shared = self._shared
         index = shared.next_index
         shared.next_index = index + 1 if index + 1 < len(shared.requests) else 0
         self.in_flight = True
         self._headers_done = False
         self.started_ns = now
+        self.scheduled_ns = due
         transport.write(shared.requests[index])
 
     def fail_in_flight(self, message: str) -> None:
@@ -292,12 +524,14 @@ class _Connection(asyncio.Protocol):
         through a response, so it cannot carry another request)."""
         if self.in_flight and self._phase is not None:
             self.in_flight = False
-            self._phase.add_failure(self.started_ns, time.perf_counter_ns(), message)
+            self._phase.add_failure(
+                self.scheduled_ns, self.started_ns, time.perf_counter_ns(), message
+            )
         if not self.closed:
             self.closed = True
             if self._transport is not None:
                 self._transport.abort()
-        self._finish(_RECONNECT)
+        self.finish(_RECONNECT)
 
     def close(self) -> None:
         # Marked closed at once, not when connection_lost arrives, so nothing is written to a
@@ -325,7 +559,7 @@ class _Connection(asyncio.Protocol):
             reason = f"{type(exc).__name__}: {exc}" if exc is not None else "closed by the server"
             where = "mid-response" if self._headers_done else "before a response"
             self.fail_in_flight(f"connection: {reason} ({where})")
-        self._finish(_RECONNECT)
+        self.finish(_RECONNECT)
         self._shared.live.discard(self)
         if not self.lost.done():
             self.lost.set_result(None)
@@ -362,19 +596,20 @@ class _Connection(asyncio.Protocol):
         if not 200 <= status < 300:
             phase.errors[len(phase.latencies)] = _error_message(status, body)
         phase.starts.append(self.started_ns)
+        phase.scheduled.append(self.scheduled_ns)
         phase.latencies.append(end - self.started_ns)
         phase.statuses.append(status)
         phase.prompt_tokens.append(tokens)
         if parser.should_keep_alive():
-            self._send_next()
+            self.send_next()
         else:
             # "Connection: close" (or HTTP/1.0): this connection is spent.
             self.close()
-            self._finish(_RECONNECT)
+            self.finish(_RECONNECT)
 
 
 class _Worker:
-    """One concurrency slot: keeps one connection open and reopens it after errors."""
+    """One connection slot: keeps one connection open and reopens it after errors."""
 
     def __init__(self, target: _Target, shared: _Shared) -> None:
         self._target = target
@@ -417,9 +652,7 @@ class _Worker:
         else:
             return protocol
         # The request this connection was for counts as sent and failed.
-        if not phase.exhausted(time.perf_counter_ns()):
-            phase.remaining -= 1
-            phase.add_failure(started, time.perf_counter_ns(), message)
+        phase.fail_connect(started, time.perf_counter_ns(), message)
         return None
 
 
@@ -442,58 +675,88 @@ async def _watch_timeouts(workers: Sequence[_Worker], timeout_s: float) -> None:
 
 
 async def _run_phase(workers: Sequence[_Worker], phase: _Phase) -> None:
-    await asyncio.gather(*(worker.run(phase) for worker in workers))
-
-
-async def run_level(
-    url: str,
-    payloads: list[bytes],
-    expected_tokens: int,
-    *,
-    concurrency: int,
-    requests: int | None = None,
-    duration_s: float | None = None,
-    warmup: int = 0,
-    timeout_s: float = 120.0,
-    api_key: str | None = None,
-) -> LevelRecords:
-    """Drive ``url`` + ``/v1/embeddings`` with ``concurrency`` closed-loop connections.
-
-    ``warmup`` requests run first and are not recorded; then the clock starts and the level runs
-    ``requests`` requests, or for ``duration_s`` seconds (no request starts after it), or until
-    whichever comes first when both are given. ``expected_tokens`` is what each request sends
-    (tokens per input × inputs per request), stored with every row.
-    """
-    if concurrency < 1:
-        raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
-    if not payloads:
-        raise ConfigError("no payloads to send")
-    if requests is None and duration_s is None:
-        raise ConfigError("give a number of requests or a duration")
-    if requests is not None and requests < 1:
-        raise ConfigError(f"requests must be >= 1, got {requests}")
-    if duration_s is not None and duration_s <= 0:
-        raise ConfigError(f"duration must be > 0 s, got {duration_s}")
-    if warmup < 0:
-        raise ConfigError(f"warm-up must be >= 0 requests, got {warmup}")
-    if timeout_s <= 0:
-        raise ConfigError(f"timeout must be > 0 s, got {timeout_s}")
-    target = _parse_url(url)
-    shared = _Shared(_request_bytes(target, payloads, api_key), timeout_s)
-    workers = [_Worker(target, shared) for _ in range(concurrency)]
-    watchdog = asyncio.create_task(_watch_timeouts(workers, timeout_s))
     try:
-        if warmup:
-            await _run_phase(workers, _Phase(warmup, _NO_DEADLINE))
-        clock_start = time.perf_counter_ns()
-        deadline = clock_start + int(duration_s * 1e9) if duration_s is not None else _NO_DEADLINE
-        phase = _Phase(requests, deadline)
+        await asyncio.gather(*(worker.run(phase) for worker in workers))
+    finally:
+        phase.stop()
+
+
+@dataclass(frozen=True)
+class _Share:
+    """What one process drives: everything :func:`_drive` needs, picklable for a worker
+    process. ``schedule_ns`` (open loop) holds arrival offsets from the clock start."""
+
+    url: str
+    payloads: list[bytes]
+    api_key: str | None
+    concurrency: int
+    requests: int | None
+    duration_s: float | None
+    warmup: int
+    timeout_s: float
+    schedule_ns: npt.NDArray[np.int64] | None
+    first_payload: int = 0
+
+
+@dataclass
+class _Rows:
+    """One process's rows, times relative to the level's clock start, in completion order."""
+
+    starts: npt.NDArray[np.int64]
+    scheduled: npt.NDArray[np.int64]
+    latencies: npt.NDArray[np.int64]
+    statuses: npt.NDArray[np.int16]
+    prompt_tokens: npt.NDArray[np.int32]
+    errors: dict[int, str]
+    wall_ns: int
+    unsent: int
+
+
+async def _start_now() -> int:
+    return time.perf_counter_ns()
+
+
+async def _drive(share: _Share, start_gate: Callable[[], Awaitable[int]]) -> _Rows:
+    """Warm up, wait for ``start_gate`` to give the clock start (a perf_counter_ns value), then
+    run the measured phase from it."""
+    target = _parse_url(share.url)
+    shared = _Shared(
+        _request_bytes(target, share.payloads, share.api_key), share.timeout_s, share.first_payload
+    )
+    workers = [_Worker(target, shared) for _ in range(share.concurrency)]
+    watchdog = asyncio.create_task(_watch_timeouts(workers, share.timeout_s))
+    try:
+        if share.warmup:
+            await _run_phase(workers, _Phase(share.warmup, _NO_DEADLINE))
+        clock_start = await start_gate()
+        deadline = (
+            clock_start + int(share.duration_s * 1e9)
+            if share.duration_s is not None
+            else _NO_DEADLINE
+        )
+        phase: _Phase
+        if share.schedule_ns is None:
+            phase = _Phase(share.requests, deadline)
+        else:
+            # array.array: indexing gives plain ints (several times cheaper in the hot path than
+            # numpy scalars) at 8 bytes an arrival (a list of ints takes about 40).
+            due = array.array("q", (share.schedule_ns + clock_start).astype(np.int64).tobytes())
+            phase = _OpenPhase(due, deadline, asyncio.get_running_loop())
         await _run_phase(workers, phase)
         wall_ns = time.perf_counter_ns() - clock_start
     finally:
         watchdog.cancel()
         await _close_all(shared, watchdog)
-    return _records(phase, clock_start, wall_ns, concurrency, expected_tokens)
+    return _Rows(
+        starts=np.asarray(phase.starts, dtype=np.int64) - clock_start,
+        scheduled=np.asarray(phase.scheduled, dtype=np.int64) - clock_start,
+        latencies=np.asarray(phase.latencies, dtype=np.int64),
+        statuses=np.asarray(phase.statuses, dtype=np.int16),
+        prompt_tokens=np.asarray(phase.prompt_tokens, dtype=np.int32),
+        errors=phase.errors,
+        wall_ns=wall_ns,
+        unsent=phase.unsent(),
+    )
 
 
 async def _close_all(shared: _Shared, watchdog: asyncio.Task[None]) -> None:
@@ -508,25 +771,193 @@ async def _close_all(shared: _Shared, watchdog: asyncio.Task[None]) -> None:
 
 
 def _records(
-    phase: _Phase, clock_start: int, wall_ns: int, concurrency: int, expected_tokens: int
+    parts: Sequence[_Rows],
+    *,
+    concurrency: int,
+    expected_tokens: int,
+    offered_rps: float | None,
 ) -> LevelRecords:
-    starts = np.asarray(phase.starts, dtype=np.int64) - clock_start
-    # Rows were appended as responses completed; store them in the order requests started.
-    order = np.argsort(starts, kind="stable")
-    errors: list[str | None] = [None] * len(starts)
-    for row, message in phase.errors.items():
-        errors[row] = message
+    """Merge the rows of one or more processes (same clock start) into start order."""
+    starts = np.concatenate([p.starts for p in parts])
+    scheduled = np.concatenate([p.scheduled for p in parts])
     n = len(starts)
+    errors: list[str | None] = [None] * n
+    offset = 0
+    for part in parts:
+        for row, message in part.errors.items():
+            errors[offset + row] = message
+        offset += len(part.starts)
+    # Rows were appended as responses completed; store them in the order requests started (and
+    # in due order among requests that started in the same nanosecond).
+    order = np.lexsort((scheduled, starts))
     return LevelRecords(
         concurrency=concurrency,
         start_ns=starts[order],
-        latency_ns=np.asarray(phase.latencies, dtype=np.int64)[order],
-        status=np.asarray(phase.statuses, dtype=np.int16)[order],
-        prompt_tokens=np.asarray(phase.prompt_tokens, dtype=np.int32)[order],
+        scheduled_ns=scheduled[order],
+        latency_ns=np.concatenate([p.latencies for p in parts])[order],
+        status=np.concatenate([p.statuses for p in parts])[order],
+        prompt_tokens=np.concatenate([p.prompt_tokens for p in parts])[order],
         expected_tokens=np.full(n, expected_tokens, dtype=np.int32),
         error=[errors[i] for i in order.tolist()],
-        wall_ns=wall_ns,
+        wall_ns=max(p.wall_ns for p in parts),
+        offered_rps=offered_rps,
+        unsent=sum(p.unsent for p in parts),
+        processes=len(parts),
     )
+
+
+def _check_level(
+    payloads: list[bytes],
+    *,
+    concurrency: int,
+    requests: int | None,
+    duration_s: float | None,
+    warmup: int,
+    timeout_s: float,
+    rate: float | None,
+    processes: int,
+) -> None:
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+    if not payloads:
+        raise ConfigError("no payloads to send")
+    if requests is None and duration_s is None:
+        raise ConfigError("give a number of requests or a duration")
+    if requests is not None and requests < 1:
+        raise ConfigError(f"requests must be >= 1, got {requests}")
+    if duration_s is not None and duration_s <= 0:
+        raise ConfigError(f"duration must be > 0 s, got {duration_s}")
+    if warmup < 0:
+        raise ConfigError(f"warm-up must be >= 0 requests, got {warmup}")
+    if timeout_s <= 0:
+        raise ConfigError(f"timeout must be > 0 s, got {timeout_s}")
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise ConfigError(f"rate must be a positive number of requests/s, got {rate}")
+    if processes < 1:
+        raise ConfigError(f"processes must be >= 1, got {processes}")
+    if concurrency < processes:
+        raise ConfigError(
+            f"concurrency {concurrency} cannot be split over {processes} processes "
+            "(each needs a connection)"
+        )
+    if requests is not None and rate is None and requests < processes:
+        raise ConfigError(f"{requests} requests cannot be split over {processes} processes")
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _shares(
+    url: str,
+    payloads: list[bytes],
+    *,
+    concurrency: int,
+    requests: int | None,
+    duration_s: float | None,
+    warmup: int,
+    timeout_s: float,
+    api_key: str | None,
+    schedule_ns: npt.NDArray[np.int64] | None,
+    processes: int,
+) -> list[_Share]:
+    """Split a level over ``processes``: connections, warm-up and requests as evenly as they go,
+    an open loop's arrivals round-robin (so each process sees every N-th arrival and the union is
+    exactly the drawn schedule). Each process starts its payload cycle at a different place, so
+    they do not send the same text at the same moment."""
+    connections = _split(concurrency, processes)
+    warmups = _split(warmup, processes)
+    counts: list[int | None] = (
+        list(_split(requests, processes))
+        if requests is not None and schedule_ns is None
+        else [None] * processes
+    )
+    return [
+        _Share(
+            url=url,
+            payloads=payloads,
+            api_key=api_key,
+            concurrency=connections[i],
+            requests=counts[i],
+            duration_s=duration_s,
+            warmup=warmups[i],
+            timeout_s=timeout_s,
+            schedule_ns=None if schedule_ns is None else schedule_ns[i::processes],
+            first_payload=i * len(payloads) // processes,
+        )
+        for i in range(processes)
+    ]
+
+
+async def run_level(
+    url: str,
+    payloads: list[bytes],
+    expected_tokens: int,
+    *,
+    concurrency: int,
+    requests: int | None = None,
+    duration_s: float | None = None,
+    warmup: int = 0,
+    timeout_s: float = 120.0,
+    api_key: str | None = None,
+    rate: float | None = None,
+    seed: int = 0,
+) -> LevelRecords:
+    """Drive ``url`` + ``/v1/embeddings`` in this process's running event loop.
+
+    Without ``rate``, a closed loop of ``concurrency`` connections; with ``rate``, an open loop of
+    Poisson arrivals at ``rate`` per second (schedule from ``seed``) over at most ``concurrency``
+    connections. ``warmup`` requests run first (closed loop) and are not recorded; then the clock
+    starts and the level runs ``requests`` requests, or for ``duration_s`` seconds (no request
+    starts after it), or until whichever comes first when both are given. ``expected_tokens`` is
+    what each request sends (tokens per input × inputs per request), stored with every row.
+    """
+    _check_level(
+        payloads,
+        concurrency=concurrency,
+        requests=requests,
+        duration_s=duration_s,
+        warmup=warmup,
+        timeout_s=timeout_s,
+        rate=rate,
+        processes=1,
+    )
+    _parse_url(url)
+    schedule = (
+        None
+        if rate is None
+        else poisson_schedule(rate, seed=seed, requests=requests, duration_s=duration_s)
+    )
+    (share,) = _shares(
+        url,
+        payloads,
+        concurrency=concurrency,
+        requests=requests,
+        duration_s=duration_s,
+        warmup=warmup,
+        timeout_s=timeout_s,
+        api_key=api_key,
+        schedule_ns=schedule,
+        processes=1,
+    )
+    rows = await _drive(share, _start_now)
+    return _records(
+        [rows],
+        concurrency=concurrency,
+        expected_tokens=expected_tokens,
+        offered_rps=_offered(schedule, rate, requests, duration_s),
+    )
+
+
+def _offered(
+    schedule: npt.NDArray[np.int64] | None,
+    rate: float | None,
+    requests: int | None,
+    duration_s: float | None,
+) -> float | None:
+    if schedule is None or rate is None:
+        return None
+    return _offered_rps(schedule, rate, requests, duration_s)
 
 
 def run_level_sync(
@@ -540,8 +971,57 @@ def run_level_sync(
     warmup: int = 0,
     timeout_s: float = 120.0,
     api_key: str | None = None,
+    rate: float | None = None,
+    seed: int = 0,
+    processes: int = 1,
 ) -> LevelRecords:
-    """:func:`run_level` on a fresh event loop (uvloop when installed)."""
+    """:func:`run_level` on a fresh event loop (uvloop when installed), or on ``processes``
+    worker processes with one event loop each, for when one core cannot keep up.
+
+    Split over processes, each gets an even share of the connections and warm-up requests, and
+    of the requests (closed loop) or every N-th arrival of the one drawn schedule (open loop);
+    all start their measured phase at one agreed instant and their records are merged on that
+    clock, so the result reads exactly like a one-process level.
+
+    In the main thread SIGTERM stops the level promptly (worker processes included) and is then
+    handed to whoever handled it before.
+    """
+    _check_level(
+        payloads,
+        concurrency=concurrency,
+        requests=requests,
+        duration_s=duration_s,
+        warmup=warmup,
+        timeout_s=timeout_s,
+        rate=rate,
+        processes=processes,
+    )
+    _parse_url(url)
+    if processes > 1:
+        schedule = (
+            None
+            if rate is None
+            else poisson_schedule(rate, seed=seed, requests=requests, duration_s=duration_s)
+        )
+        shares = _shares(
+            url,
+            payloads,
+            concurrency=concurrency,
+            requests=requests,
+            duration_s=duration_s,
+            warmup=warmup,
+            timeout_s=timeout_s,
+            api_key=api_key,
+            schedule_ns=schedule,
+            processes=processes,
+        )
+        parts = _run_processes_stoppable(shares)
+        return _records(
+            parts,
+            concurrency=concurrency,
+            expected_tokens=expected_tokens,
+            offered_rps=_offered(schedule, rate, requests, duration_s),
+        )
     coro = run_level(
         url,
         payloads,
@@ -552,6 +1032,8 @@ def run_level_sync(
         warmup=warmup,
         timeout_s=timeout_s,
         api_key=api_key,
+        rate=rate,
+        seed=seed,
     )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         if threading.current_thread() is not threading.main_thread():
@@ -589,11 +1071,149 @@ def _run_stoppable(runner: asyncio.Runner, coro: Coroutine[Any, Any, LevelRecord
             raise
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    _redeliver_sigterm(previous)
+
+
+def _redeliver_sigterm(previous: Any) -> NoReturn:
     if callable(previous):
         signal.raise_signal(signal.SIGTERM)
     # No Python handler to hand it to (SIG_DFL would end the process without cleanup).
     raise KeyboardInterrupt("SIGTERM")
+
+
+# -- several processes -----------------------------------------------------------------------
+#
+# Clock: every record is relative to one start instant that all processes agree on. perf_counter
+# is only promised to be consistent within a process; time.monotonic is the clock the OS keeps
+# system-wide (CLOCK_MONOTONIC on Linux, where the two are in fact the same clock). So the parent
+# names the start as a monotonic_ns instant a little in the future, and each worker converts it
+# into its own perf_counter_ns frame (two back-to-back reads) and keeps timing with perf_counter.
+# Wall-clock time (time.time) is not used: NTP may step it during a level.
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived while the parent waited for its worker processes."""
+
+
+def _run_processes_stoppable(shares: list[_Share]) -> list[_Rows]:
+    if threading.current_thread() is not threading.main_thread():
+        return _run_processes(shares)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: object) -> None:
+        # The parent only waits on pipes here (no event loop), so raising from the handler is
+        # safe and leaves through _run_processes' clean-up, which stops the workers.
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return _run_processes(shares)
+    except _Terminated:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    _redeliver_sigterm(previous)
+
+
+def _run_processes(shares: list[_Share]) -> list[_Rows]:
+    # spawn, not fork: the caller may have threads (Prefect, the engine supervisor), and forking
+    # a threaded process can deadlock the child on a lock some other thread held.
+    context = multiprocessing.get_context("spawn")
+    pipes: list[multiprocessing.connection.Connection] = []
+    procs: list[multiprocessing.process.BaseProcess] = []
+    try:
+        for index, share in enumerate(shares):
+            parent_end, child_end = context.Pipe()
+            proc = context.Process(
+                target=_process_main,
+                args=(child_end, share),
+                name=f"embedsweep-load-{index}",
+                daemon=True,
+            )
+            proc.start()
+            child_end.close()
+            pipes.append(parent_end)
+            procs.append(proc)
+        _collect(pipes, procs, "ready")
+        origin = time.monotonic_ns() + _START_MARGIN_NS
+        for pipe in pipes:
+            pipe.send(("go", origin))
+        return [cast(_Rows, payload) for payload in _collect(pipes, procs, "rows")]
+    finally:
+        for started in procs:
+            if started.is_alive():
+                started.terminate()
+        for started in procs:
+            started.join(timeout=5)
+            if started.is_alive():
+                started.kill()
+                started.join()
+        for pipe in pipes:
+            pipe.close()
+
+
+def _collect(
+    pipes: list[multiprocessing.connection.Connection],
+    procs: list[multiprocessing.process.BaseProcess],
+    kind: str,
+) -> list[object]:
+    """One ``kind`` message from every worker, failing as soon as one reports an error or
+    dies."""
+    received: dict[int, object] = {}
+    while len(received) < len(pipes):
+        waiting = {pipes[i]: i for i in range(len(pipes)) if i not in received}
+        sentinels = {procs[i].sentinel: i for i in waiting.values()}
+        ready = multiprocessing.connection.wait([*waiting, *sentinels])
+        for item in ready:
+            if isinstance(item, int):
+                index = sentinels[item]
+                if index in received or pipes[index].poll():
+                    continue  # it exited after sending; the pipe is read below
+                raise EmbedsweepError(
+                    f"load process {index} exited with code {procs[index].exitcode} "
+                    f"before sending its {kind}",
+                    code="load_client_failed",
+                )
+            index = waiting[cast(multiprocessing.connection.Connection, item)]
+            message = pipes[index].recv()
+            if message[0] == "error":
+                _, name, text, code = message
+                if code == ConfigError.code:
+                    raise ConfigError(text)
+                raise EmbedsweepError(
+                    f"load process {index} failed: {name}: {text}", code="load_client_failed"
+                )
+            received[index] = message[1]
+    return [received[i] for i in range(len(pipes))]
+
+
+def _process_main(pipe: multiprocessing.connection.Connection, share: _Share) -> None:
+    """A worker process: drive ``share`` on its own event loop and send back its rows."""
+    # Ctrl-C reaches the whole process group: let the parent decide (it stops the workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    async def start_gate() -> int:
+        pipe.send(("ready", None))
+        # In a thread so the loop keeps serving the warm connections' events meanwhile.
+        _, origin_mono = await asyncio.to_thread(pipe.recv)
+        origin = time.perf_counter_ns() + (origin_mono - time.monotonic_ns())
+        # A loop timer may fire up to a millisecond early (libuv's clock is in whole, cached
+        # milliseconds): sleep again until the start has really come, so no row is timed
+        # before it. (Nothing could set an Event at that instant: it is a time, not an event.)
+        while (wait_ns := origin - time.perf_counter_ns()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(wait_ns / 1e9)
+        return cast(int, origin)
+
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            rows = runner.run(_drive(share, start_gate))
+    except BaseException as exc:
+        code = exc.code if isinstance(exc, EmbedsweepError) else "load_client_failed"
+        pipe.send(("error", type(exc).__name__, str(exc), code))
+        raise
+    pipe.send(("rows", rows))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -17,6 +17,7 @@ __all__ = [
     "CellStatus",
     "LatencyMs",
     "LevelSummary",
+    "LoadMode",
     "PreflightResult",
     "Reason",
     "RunManifest",
@@ -25,15 +26,22 @@ __all__ = [
 
 Severity = Literal["block", "warn"]
 CellStatus = Literal["ok", "blocked", "failed", "cancelled"]
+# closed: fixed concurrency, each connection sends again when answered; open: Poisson arrivals at
+# an offered rate, sent on schedule whether or not earlier requests were answered.
+LoadMode = Literal["closed", "open"]
 
 # requests.parquet columns, in order. start_ns is relative to the level's clock start
-# (perf_counter_ns); status is the HTTP status, 0 when no response arrived; prompt_tokens is -1
-# when the response carried no usage.
+# (perf_counter_ns); scheduled_ns is when the request was due on the same clock (an open loop's
+# drawn arrival; equal to start_ns in a closed loop), so start_ns - scheduled_ns is the client's
+# lag; status is the HTTP status, 0 when no response arrived; prompt_tokens is -1 when the
+# response carried no usage. Files written before scheduled_ns existed lack it: ingest fills it
+# from start_ns.
 REQUEST_COLUMNS: tuple[str, ...] = (
     "run_id",
     "concurrency",
     "seq",
     "start_ns",
+    "scheduled_ns",
     "latency_ns",
     "status",
     "prompt_tokens",
@@ -82,7 +90,12 @@ class LatencyMs(_Frozen):
 
 
 class LevelSummary(_Frozen):
-    """Metrics of one load level (one concurrency) of one run, from ``embedsweep.metrics``."""
+    """Metrics of one load level (one concurrency) of one run, from ``embedsweep.metrics``.
+
+    The fields after ``cost_per_million_tokens`` came with open-loop load; their defaults are
+    what a closed-loop level (every run.json written before them) has: no offered rate, and no
+    lag, since a closed loop's requests are due exactly when they start.
+    """
 
     concurrency: int
     requests: int
@@ -98,6 +111,22 @@ class LevelSummary(_Frozen):
     achieved_concurrency: float
     valid: bool
     cost_per_million_tokens: float | None = None
+    mode: LoadMode = "closed"
+    offered_rps: float | None = Field(
+        default=None,
+        description="Open loop: arrivals offered per second (drawn arrivals / duration, or the "
+        "target rate for a request-count level); None in a closed loop.",
+    )
+    lag_mean_ms: float = Field(
+        default=0.0, description="Mean of actual start - scheduled start over sent requests."
+    )
+    lag_p99_ms: float = Field(default=0.0, description="99th percentile of the client's lag.")
+    lag_max_ms: float = Field(default=0.0, description="Largest client lag.")
+    unsent: int = Field(
+        default=0,
+        description="Open loop: scheduled arrivals never sent because the duration ran out "
+        "(not counted in requests).",
+    )
 
 
 class RunManifest(_Frozen):

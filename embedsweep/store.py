@@ -54,6 +54,9 @@ _STATEMENT_HEADER = re.compile(r"^--\s*name:\s*([a-z_]+)\s*$")
 # The name requests.parquet is registered under for the length of one ingest; statements.sql
 # reads from it.
 _INCOMING_REQUESTS = "incoming_requests"
+# requests.parquet columns newer than the first release: a file without them is still valid.
+_SCHEDULED = "scheduled_ns"
+_ADDED_LATER = frozenset({_SCHEDULED})
 
 
 @dataclass(frozen=True)
@@ -260,9 +263,13 @@ def _read_requests(path: Path) -> pa.Table:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise _invalid(path, _first_line(exc)) from exc
-    missing = [c for c in REQUEST_COLUMNS if c not in table.column_names]
+    present = set(table.column_names)
+    missing = [c for c in REQUEST_COLUMNS if c not in present and c not in _ADDED_LATER]
     if missing:
         raise _invalid(path, f"missing column(s) {', '.join(missing)}")
+    if _SCHEDULED not in present:
+        # Written before open-loop load: every request was due when it started.
+        table = table.append_column(_SCHEDULED, table.column("start_ns"))
     return table
 
 
@@ -337,6 +344,12 @@ def _result_rows(manifest: RunManifest) -> list[list[object]]:
             level.achieved_concurrency,
             level.valid,
             level.cost_per_million_tokens,
+            level.mode,
+            level.offered_rps,
+            level.lag_mean_ms,
+            level.lag_p99_ms,
+            level.lag_max_ms,
+            level.unsent,
         ]
         for level in manifest.levels
     ]

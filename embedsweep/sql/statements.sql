@@ -46,18 +46,27 @@ INSERT INTO preflight_reasons (
 INSERT INTO results (
     run_id, concurrency, requests, ok, errors, errors_by_cause, duration_s, throughput_rps,
     inputs_per_s, input_tokens_per_s, latency_mean_ms, p50_ms, p90_ms, p95_ms, p99_ms, max_ms,
-    prompt_tokens_mismatch, achieved_concurrency, valid, cost_per_million_tokens
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+    prompt_tokens_mismatch, achieved_concurrency, valid, cost_per_million_tokens,
+    mode, offered_rps, lag_mean_ms, lag_p99_ms, lag_max_ms, unsent
+) VALUES (
+    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+    ?, ?, ?, ?, ?, ?
+);
 
 -- name: foreign_request_rows
 -- Rows of a run's requests.parquet that name another run (or none): a mixed-up artifact.
 SELECT count(*) FROM incoming_requests WHERE run_id IS DISTINCT FROM ?;
 
 -- name: insert_requests
+-- store.py gives a file written before scheduled_ns existed that column (a copy of start_ns); a
+-- null in it means the same thing: a closed-loop request, due when it started.
 INSERT INTO requests (
-    run_id, concurrency, seq, start_ns, latency_ns, status, prompt_tokens, expected_tokens, error
+    run_id, concurrency, seq, start_ns, scheduled_ns, latency_ns, status, prompt_tokens,
+    expected_tokens, error
 )
-SELECT run_id, concurrency, seq, start_ns, latency_ns, status, prompt_tokens, expected_tokens, error
+SELECT
+    run_id, concurrency, seq, start_ns, coalesce(scheduled_ns, start_ns), latency_ns, status,
+    prompt_tokens, expected_tokens, error
 FROM incoming_requests;
 
 -- name: report_rows

@@ -1,11 +1,16 @@
 """The load client against a null server: a small asyncio HTTP/1.1 server in a thread that answers
-``/v1/embeddings`` with a fixed body and reports what it saw (requests, bodies, connections)."""
+``/v1/embeddings`` with a fixed body and reports what it saw (requests, bodies, connections).
+Closed and open loop, in one process and split over several."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +22,13 @@ import pyarrow as pa
 import pytest
 
 from embedsweep.errors import ConfigError
-from embedsweep.loadgen import LevelRecords, build_payloads, run_level, run_level_sync
+from embedsweep.loadgen import (
+    LevelRecords,
+    build_payloads,
+    poisson_schedule,
+    run_level,
+    run_level_sync,
+)
 from embedsweep.records import REQUEST_COLUMNS
 
 OK_BODY = (
@@ -354,6 +365,15 @@ def test_refused_connections_become_records_not_exceptions() -> None:
         {"concurrency": 1, "duration_s": 0.0},
         {"concurrency": 1, "requests": 1, "warmup": -1},
         {"concurrency": 1, "requests": 1, "timeout_s": 0},
+        {"concurrency": 1, "requests": 1, "rate": 0.0},
+        {"concurrency": 1, "requests": 1, "rate": -5.0},
+        {"concurrency": 1, "requests": 1, "rate": math.nan},
+        {"concurrency": 1, "requests": 1, "rate": math.inf},
+        {"concurrency": 2, "requests": 2, "processes": 0},
+        # Every process needs a connection, and a closed loop's requests are split too.
+        {"concurrency": 1, "requests": 4, "processes": 2},
+        {"concurrency": 4, "requests": 1, "processes": 2},
+        {"concurrency": 1, "duration_s": 1e6, "rate": 1e6},
     ],
 )
 def test_bad_level_arguments_are_config_errors(kwargs: dict[str, Any]) -> None:
@@ -386,6 +406,7 @@ def test_to_arrow_has_the_request_columns_and_types() -> None:
         pa.int64(),
         pa.int64(),
         pa.int64(),
+        pa.int64(),
         pa.int16(),
         pa.int32(),
         pa.int32(),
@@ -396,9 +417,217 @@ def test_to_arrow_has_the_request_columns_and_types() -> None:
         "concurrency": 3,
         "seq": 1,
         "start_ns": 9,
+        # A closed loop's records leave scheduled_ns out: each request was due when it started.
+        "scheduled_ns": 9,
         "latency_ns": 200,
         "status": 0,
         "prompt_tokens": -1,
         "expected_tokens": 7,
         "error": "timeout: no response within 1s",
     }
+
+
+# -- open loop and schedules ---------------------------------------------------------------------
+
+
+def test_poisson_schedule_is_reproducible_sorted_and_at_the_rate() -> None:
+    schedule = poisson_schedule(1000.0, seed=5, requests=20_000)
+    assert schedule.dtype == np.int64
+    assert len(schedule) == 20_000
+    assert (np.diff(schedule) >= 0).all()
+    assert schedule[0] > 0
+    assert np.array_equal(schedule, poisson_schedule(1000.0, seed=5, requests=20_000))
+    assert not np.array_equal(schedule, poisson_schedule(1000.0, seed=6, requests=20_000))
+    gaps_ms = np.diff(schedule) / 1e6
+    # Exponential gaps: mean 1 ms, and the standard deviation equals the mean.
+    assert gaps_ms.mean() == pytest.approx(1.0, rel=0.03)
+    assert gaps_ms.std() == pytest.approx(1.0, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "low", "high"),
+    [
+        ({"requests": 50}, 50, 50),
+        ({"duration_s": 10.0}, 9_500, 10_500),
+        # Both: whichever set of arrivals is smaller.
+        ({"requests": 50, "duration_s": 10.0}, 50, 50),
+        ({"requests": 50_000, "duration_s": 1.0}, 900, 1_100),
+    ],
+)
+def test_poisson_schedule_length(kwargs: dict[str, Any], low: int, high: int) -> None:
+    schedule = poisson_schedule(1000.0, seed=1, **kwargs)
+    assert low <= len(schedule) <= high
+    if "duration_s" in kwargs:
+        assert int(schedule.max()) < kwargs["duration_s"] * 1e9
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"rate": 0.0, "requests": 1}, {"rate": math.nan, "requests": 1}, {"rate": 10.0}],
+)
+def test_bad_schedules_are_config_errors(kwargs: dict[str, Any]) -> None:
+    rate = kwargs.pop("rate")
+    with pytest.raises(ConfigError):
+        poisson_schedule(rate, seed=0, **kwargs)
+
+
+def test_closed_loop_requests_are_due_when_they_start(null_server: NullServer) -> None:
+    records = run_level_sync(null_server.url, _payloads(), 7, concurrency=4, requests=50)
+    assert records.mode == "closed"
+    assert records.offered_rps is None
+    assert records.unsent == 0
+    assert records.processes == 1
+    assert np.array_equal(records.scheduled_ns, records.start_ns)
+
+
+def test_open_loop_sends_each_request_at_its_drawn_time(null_server: NullServer) -> None:
+    records = run_level_sync(
+        null_server.url, _payloads(), 7, concurrency=8, requests=100, rate=1000.0, seed=5
+    )
+    schedule = poisson_schedule(1000.0, seed=5, requests=100)
+
+    assert records.mode == "open"
+    # A request-count level has no window of its own: it offered the target rate.
+    assert records.offered_rps == 1000.0
+    assert records.status.tolist() == [200] * 100
+    assert np.array_equal(np.sort(records.scheduled_ns), schedule)
+    lag = records.start_ns - records.scheduled_ns
+    assert (lag >= 0).all()
+    # Nothing waited for a connection here: the lag is timer granularity, a millisecond or so.
+    assert float(np.median(lag)) < 2e6
+    assert null_server.stats.requests == 100
+
+
+def test_open_loop_does_not_wait_for_answers(null_server: NullServer) -> None:
+    null_server.config.delay_s = 0.1
+    started = time.perf_counter()
+    records = run_level_sync(
+        null_server.url, _payloads(), 7, concurrency=32, requests=20, rate=200.0, seed=2
+    )
+    elapsed = time.perf_counter() - started
+
+    assert records.status.tolist() == [200] * 20
+    # 20 arrivals about 5 ms apart, each answered after 100 ms: overlapping, not one by one
+    # (a closed loop on one connection would need 2 s).
+    assert elapsed < 1.0
+    assert null_server.stats.max_open_connections > 5
+    assert int((records.start_ns - records.scheduled_ns).max()) < 10_000_000
+
+
+def test_open_loop_arrivals_wait_for_a_free_connection_as_lag(null_server: NullServer) -> None:
+    null_server.config.delay_s = 0.02
+    records = run_level_sync(
+        null_server.url, _payloads(), 7, concurrency=1, requests=15, rate=500.0, seed=4
+    )
+    lag_ms = (records.start_ns - records.scheduled_ns) / 1e6
+
+    assert null_server.stats.max_open_connections == 1
+    assert records.status.tolist() == [200] * 15
+    # Arrivals every ~2 ms into a single connection that takes 20 ms per request: each waits
+    # for the one before, and the wait grows by about 18 ms per request.
+    assert (np.diff(records.start_ns) >= 20_000_000).all()
+    assert lag_ms[-1] > 150
+    assert (np.diff(lag_ms[1:]) > 0).all()
+
+
+def test_open_loop_duration_counts_arrivals_it_could_not_send(null_server: NullServer) -> None:
+    null_server.config.delay_s = 0.02
+    records = run_level_sync(
+        null_server.url, _payloads(), 7, concurrency=2, duration_s=0.3, rate=500.0, seed=8
+    )
+    schedule = poisson_schedule(500.0, seed=8, duration_s=0.3)
+
+    # Two connections at 20 ms serve ~100/s of the ~500/s offered; the rest never started.
+    assert len(records) + records.unsent == len(schedule)
+    assert records.unsent > len(schedule) // 2
+    assert int(records.start_ns.max()) < 300_000_000
+    assert records.offered_rps == pytest.approx(len(schedule) / 0.3)
+
+
+def test_open_loop_on_the_standard_asyncio_loop(null_server: NullServer) -> None:
+    coro = run_level(null_server.url, _payloads(), 7, concurrency=4, requests=40, rate=2000.0)
+    records = asyncio.run(coro)
+    assert records.status.tolist() == [200] * 40
+    assert (records.start_ns >= records.scheduled_ns).all()
+
+
+# -- several processes ---------------------------------------------------------------------------
+
+
+def test_closed_loop_split_over_processes(null_server: NullServer) -> None:
+    records = run_level_sync(
+        null_server.url, _payloads(), 7, concurrency=4, requests=101, warmup=6, processes=2
+    )
+
+    assert records.processes == 2
+    assert records.concurrency == 4
+    assert len(records) == 101
+    assert records.status.tolist() == [200] * 101
+    assert null_server.stats.requests == 107
+    assert null_server.stats.connections_opened == 4
+    assert (np.diff(records.start_ns) >= 0).all()
+    assert (records.start_ns >= 0).all()
+    assert records.wall_ns >= int((records.start_ns + records.latency_ns).max())
+
+
+def test_open_loop_split_over_processes_sends_the_whole_schedule(null_server: NullServer) -> None:
+    records = run_level_sync(
+        null_server.url,
+        _payloads(),
+        7,
+        concurrency=4,
+        requests=200,
+        rate=2000.0,
+        seed=9,
+        processes=2,
+    )
+    lag = records.start_ns - records.scheduled_ns
+
+    assert np.array_equal(
+        np.sort(records.scheduled_ns), poisson_schedule(2000.0, seed=9, requests=200)
+    )
+    # Each process converts the agreed start into its own clock: were they misaligned, the lag
+    # would be off by the difference (or negative).
+    assert (lag >= 0).all()
+    assert float(np.median(lag)) < 2e6
+
+
+_STOPPABLE = """
+import signal, sys
+from embedsweep.loadgen import build_payloads, run_level_sync
+
+def on_term(signum, frame):
+    print("handler", flush=True)
+    sys.exit(3)
+
+signal.signal(signal.SIGTERM, on_term)
+print("start", flush=True)
+run_level_sync(sys.argv[1], build_payloads("m", ["a", "b"], 1), 7, concurrency=2,
+               duration_s=60, processes=2)
+print("finished", flush=True)
+"""
+
+
+def test_sigterm_stops_every_process_and_reaches_the_previous_handler(
+    null_server: NullServer,
+) -> None:
+    null_server.config.delay_s = 0.005
+    with subprocess.Popen(
+        [sys.executable, "-c", _STOPPABLE, null_server.url], stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "start"
+        deadline = time.monotonic() + 30
+        while null_server.stats.requests < 50:
+            assert time.monotonic() < deadline, "the load never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 3
+    assert out.strip() == "handler"
+    # The worker processes are gone with their connections: the server hears nothing more.
+    time.sleep(0.3)
+    seen = null_server.stats.requests
+    time.sleep(0.3)
+    assert null_server.stats.requests == seen
+    assert null_server.stats.open_connections == 0

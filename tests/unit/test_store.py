@@ -25,6 +25,7 @@ from embedsweep.records import (
     RunManifest,
 )
 from embedsweep.store import (
+    STORAGE_COMPATIBILITY_VERSION,
     ingest_run,
     ingest_runs,
     migrations,
@@ -129,6 +130,8 @@ def manifest(run_id: str, **overrides: object) -> RunManifest:
 
 
 def request_table(m: RunManifest) -> pa.Table:
+    """The rows as a closed-loop run wrote them before open-loop load existed (no
+    scheduled_ns): every test that uses it also checks that such files still ingest."""
     run_ids: list[str] = []
     conc: list[int] = []
     seq: list[int] = []
@@ -601,3 +604,119 @@ def test_two_processes_ingesting_at_once_both_land(tmp_path: Path) -> None:
     finally:
         con.close()
     assert rows == [("p1", 16, 2), ("p2", 30, 1)]
+
+
+# -- open-loop columns (migration 0002) ---------------------------------------------------------
+
+
+def open_level(concurrency: int, requests: int) -> LevelSummary:
+    return level(concurrency, requests).model_copy(
+        update={
+            "mode": "open",
+            "offered_rps": 250.0,
+            "lag_mean_ms": 0.4,
+            "lag_p99_ms": 2.5,
+            "lag_max_ms": 9.0,
+            "unsent": 3,
+        }
+    )
+
+
+def with_schedule(table: pa.Table, lag_ns: int) -> pa.Table:
+    start = table.column("start_ns")
+    scheduled = pa.array([v - lag_ns for v in start.to_pylist()], pa.int64())
+    return table.add_column(table.column_names.index("start_ns") + 1, "scheduled_ns", scheduled)
+
+
+def test_open_loop_rows_keep_their_schedule_and_lag(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    m = manifest("r1", levels=[open_level(64, 6)])
+    ingest_run(
+        warehouse, write_run(tmp_path, m, requests=with_schedule(request_table(m), 2_000_000))
+    )
+
+    _, req = query(
+        warehouse,
+        "SELECT min(start_ns - scheduled_ns), max(lag_ms), min(scheduled_ms) FROM v_requests",
+    )
+    _, res = query(
+        warehouse,
+        "SELECT mode, offered_rps, lag_mean_ms, lag_p99_ms, lag_max_ms, unsent "
+        "FROM v_latest_results",
+    )
+
+    assert req == [(2_000_000, 2.0, -2.0)]
+    assert res == [("open", 250.0, 0.4, 2.5, 9.0, 3)]
+
+
+def test_rows_written_before_scheduled_ns_existed_are_due_when_they_started(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    m = manifest("r1")
+    table = request_table(m)
+    assert "scheduled_ns" not in table.column_names
+    ingest_run(warehouse, write_run(tmp_path, m, requests=table))
+
+    _, rows = query(
+        warehouse, "SELECT count(*), count(*) FILTER (WHERE scheduled_ns <> start_ns) FROM requests"
+    )
+
+    assert rows == [(16, 0)]
+
+
+def test_run_json_written_before_open_loop_levels_reads_as_closed_loop(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    m = manifest("r1")
+    run_dir = write_run(tmp_path, m)
+    doc = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    for lvl in doc["levels"]:
+        for key in ("mode", "offered_rps", "lag_mean_ms", "lag_p99_ms", "lag_max_ms", "unsent"):
+            del lvl[key]
+    (run_dir / "run.json").write_text(json.dumps(doc), encoding="utf-8")
+
+    assert ingest_run(warehouse, run_dir) is True
+    _, rows = query(warehouse, "SELECT DISTINCT mode, offered_rps, lag_p99_ms, unsent FROM results")
+
+    assert rows == [("closed", None, 0.0, 0)]
+
+
+def test_a_warehouse_from_before_0002_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    (first,) = [mig for mig in migrations() if mig.version == 1]
+    con = duckdb.connect(
+        str(path), config={"storage_compatibility_version": STORAGE_COMPATIBILITY_VERSION}
+    )
+    con.execute(
+        "CREATE TABLE schema_migrations "
+        "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    con.execute(first.sql)
+    con.execute("INSERT INTO schema_migrations VALUES (1, ?, now())", [first.name])
+    con.execute("INSERT INTO requests VALUES ('old', 4, 0, 1500, 9000, 200, 512, 512, NULL)")
+    con.execute(
+        "INSERT INTO results VALUES "
+        "('old', 4, 1, 1, 0, '{}', 1, 1, 1, 512, 9, 9, 9, 9, 9, 9, 0, 1, true, NULL)"
+    )
+    con.close()
+
+    with pytest.raises(ConfigError, match=r"0002_client_lag\.sql"):
+        open_warehouse(path, read_only=True)
+    con = open_warehouse(path)
+    try:
+        _, req = query(con, "SELECT start_ns, scheduled_ns FROM requests")
+        _, res = query(con, "SELECT mode, offered_rps, lag_max_ms, unsent FROM results")
+        _, versions = query(con, "SELECT version FROM schema_migrations ORDER BY 1")
+        # The dropped default: a row that does not say when it was due is refused.
+        with pytest.raises(duckdb.ConstraintException):
+            con.execute(
+                "INSERT INTO requests (run_id, concurrency, seq, start_ns, latency_ns, status, "
+                "prompt_tokens, expected_tokens) VALUES ('x', 1, 0, 0, 1, 200, 1, 1)"
+            )
+    finally:
+        con.close()
+
+    assert req == [(1500, 1500)]
+    assert res == [("closed", None, 0.0, 0)]
+    assert versions == [(m.version,) for m in migrations()]
