@@ -103,6 +103,10 @@ SELECT
     prompt_tokens_mismatch,
     valid,
     cost_per_million_tokens,
+    mode,
+    offered_rps,
+    lag_mean_ms,
+    lag_p99_ms,
     run_id,
     strftime(started_at, '%Y-%m-%dT%H:%M:%SZ') AS started_at
 FROM v_results

@@ -107,6 +107,8 @@ def test_run_then_report_and_sql(tmp_path: Path) -> None:
     assert by_chunk[10]["throughput_rps"] > 0
     assert by_chunk[10]["prompt_tokens_mismatch"] == 0
     assert (by_chunk[300]["status"], by_chunk[300]["reason"]) == ("blocked", "exceeds_context")
+    assert by_chunk[10]["mode"] == "closed"
+    assert by_chunk[10]["lag_p99_ms"] == 0  # closed loop: each request starts when scheduled
     for key in ("model", "engine", "pool", "concurrency", "input_tokens_per_s", "p50_ms", "p99_ms"):
         assert key in by_chunk[10]
 
