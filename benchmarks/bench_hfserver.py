@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from embedsweep.calibrate import Calibrator, load_tokenizer
-from embedsweep.engines import Launch, adapter_for
-from embedsweep.engines.process import ServerProcess, free_port
+from embedsweep.engines import Launch, server_for
+from embedsweep.engines.process import free_port
 from embedsweep.hub import resolve_model
 from embedsweep.loadgen import build_payloads, run_level_sync
 from embedsweep.metrics import summarize
@@ -54,15 +54,7 @@ def server_rate(
         dtype=dtype,
         devices=("cpu",) if device == "cpu" else ("0",),
     )
-    adapter = adapter_for("hf")
-    server = ServerProcess(
-        adapter.command(launch),
-        env=adapter.environment(launch),
-        log_path=log,
-        host=launch.host,
-        port=launch.port,
-        secrets=(launch.api_key,),
-    )
+    server = server_for("hf", launch, log)
     payloads = build_payloads("m", texts, 1)
     with server:
         server.wait_healthy(300)

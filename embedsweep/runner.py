@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from embedsweep.config import Cell, LoadSpec
-from embedsweep.engines import Launch, adapter_for
-from embedsweep.engines.process import ServerProcess, free_port
+from embedsweep.engines import Launch, server_for
+from embedsweep.engines.process import free_port
 from embedsweep.errors import EmbedsweepError, ModelError, ServerError
 from embedsweep.hub import ModelMeta, is_hub_id, resolve_model
 from embedsweep.preflight import PoolLimits, run_preflight
@@ -221,15 +221,7 @@ def _measure(
         version=final.engine_version,
         env=dict(command.env) if command else {},
     )
-    adapter = adapter_for(final.engine)
-    server = ServerProcess(
-        adapter.command(launch),
-        env=adapter.environment(launch),
-        log_path=run_dir / "server.log",
-        host=launch.host,
-        port=launch.port,
-        secrets=(launch.api_key, os.environ.get("HF_TOKEN", "")),
-    )
+    server = server_for(final.engine, launch, run_dir / "server.log")
     summaries: list[LevelSummary] = []
     tables = []
     with server:

@@ -7,12 +7,16 @@ the plain dict :data:`ADAPTERS`.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from embedsweep.engines.base import EngineAdapter, Launch
 from embedsweep.engines.hf import HFAdapter
+from embedsweep.engines.process import ServerProcess
 from embedsweep.engines.sglang import SGLangAdapter
 from embedsweep.engines.vllm import VLLMAdapter
 
-__all__ = ["ADAPTERS", "EngineAdapter", "Launch", "adapter_for"]
+__all__ = ["ADAPTERS", "EngineAdapter", "Launch", "adapter_for", "server_for"]
 
 ADAPTERS: dict[str, EngineAdapter] = {
     "hf": HFAdapter(),
@@ -26,3 +30,17 @@ def adapter_for(engine: str) -> EngineAdapter:
         return ADAPTERS[engine]
     except KeyError:
         raise ValueError(f"unknown engine {engine!r} (known: {', '.join(ADAPTERS)})") from None
+
+
+def server_for(engine: str, launch: Launch, log_path: Path) -> ServerProcess:
+    """A supervised (not yet started) server for ``launch`` on ``engine``; the API key and
+    HF_TOKEN are redacted from what it logs."""
+    adapter = adapter_for(engine)
+    return ServerProcess(
+        adapter.command(launch),
+        env=adapter.environment(launch),
+        log_path=log_path,
+        host=launch.host,
+        port=launch.port,
+        secrets=(launch.api_key, os.environ.get("HF_TOKEN", "")),
+    )

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embedsweep.engines import Launch, adapter_for
+from embedsweep.engines import Launch, server_for
 from embedsweep.engines.process import ServerProcess, free_port
 from embedsweep.errors import ServerError
 
@@ -41,15 +41,7 @@ def _launch(model_dir: Path, **kw: Any) -> Launch:
 @pytest.fixture(scope="module")
 def server(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     launch = _launch(minilm_dir)
-    adapter = adapter_for("hf")
-    proc = ServerProcess(
-        adapter.command(launch),
-        env=adapter.environment(launch),
-        log_path=tmp_path_factory.mktemp("hf") / "server.log",
-        host=launch.host,
-        port=launch.port,
-        secrets=(API_KEY,),
-    )
+    proc = server_for("hf", launch, tmp_path_factory.mktemp("hf") / "server.log")
     with proc:
         proc.wait_healthy(120)
         yield proc
@@ -147,14 +139,7 @@ def test_api_key_never_reaches_the_log(server: ServerProcess) -> None:
 def test_start_failure_is_server_crashed(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     launch = _launch(tmp_path)
-    adapter = adapter_for("hf")
-    proc = ServerProcess(
-        adapter.command(launch),
-        env=adapter.environment(launch),
-        log_path=tmp_path / "server.log",
-        host=launch.host,
-        port=launch.port,
-    )
+    proc = server_for("hf", launch, tmp_path / "server.log")
     with proc, pytest.raises(ServerError) as err:
         proc.wait_healthy(120)
     assert err.value.code == "server_crashed"
@@ -192,14 +177,11 @@ def test_ctrl_c_stops_the_whole_server_group(minilm_dir: Path, tmp_path: Path) -
         f"""
         import sys
         from pathlib import Path
-        from embedsweep.engines import Launch, adapter_for
-        from embedsweep.engines.process import ServerProcess, free_port
+        from embedsweep.engines import Launch, server_for
+        from embedsweep.engines.process import free_port
         launch = Launch(model_path=Path({str(minilm_dir)!r}), served_name="m", port=free_port(),
                         api_key="k", max_input_tokens=256)
-        a = adapter_for("hf")
-        with ServerProcess(a.command(launch), env=a.environment(launch),
-                           log_path=Path({str(tmp_path / "server.log")!r}),
-                           host=launch.host, port=launch.port) as server:
+        with server_for("hf", launch, Path({str(tmp_path / "server.log")!r})) as server:
             server.wait_healthy(120)
             print(server.proc.pid, launch.port, flush=True)
             import time

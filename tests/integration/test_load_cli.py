@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from embedsweep.engines import Launch, adapter_for
+from embedsweep.engines import Launch, server_for
 from embedsweep.engines.process import ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -26,14 +26,7 @@ def server(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         model_path=minilm_dir, served_name="minilm", port=free_port(), api_key=KEY,
         max_input_tokens=256,
     )  # fmt: skip
-    adapter = adapter_for("hf")
-    proc = ServerProcess(
-        adapter.command(launch),
-        env=adapter.environment(launch),
-        log_path=tmp_path_factory.mktemp("load") / "server.log",
-        host=launch.host,
-        port=launch.port,
-    )
+    proc = server_for("hf", launch, tmp_path_factory.mktemp("load") / "server.log")
     with proc:
         proc.wait_healthy(120)
         yield proc
