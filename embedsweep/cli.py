@@ -52,7 +52,8 @@ def _terminate_like_ctrl_c(signum: int, frame: object) -> None:
 
 
 def _echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2))
+    # SQL results carry timestamps and decimals: print them as text rather than fail.
+    typer.echo(json.dumps(data, indent=2, default=str))
 
 
 @app.command()
@@ -435,7 +436,12 @@ def validate(
 @app.command()
 def report(
     warehouse: WarehouseOpt = DEFAULT_WAREHOUSE,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table, markdown or json.")] = "table",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", "-f", help="table, markdown, json, or html (one self-contained file)."
+        ),
+    ] = "table",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
     sweep_run_id: Annotated[
         str | None, typer.Option(help="Only this sweep run (default: latest run of every cell).")
@@ -445,8 +451,8 @@ def report(
     from embedsweep import report as report_mod
     from embedsweep import store
 
-    if fmt not in ("table", "markdown", "json"):
-        _fail(f"--format must be table, markdown or json, not {fmt!r}")
+    if fmt not in ("table", "markdown", "json", "html"):
+        _fail(f"--format must be table, markdown, json or html, not {fmt!r}")
     try:
         con = store.open_warehouse(warehouse, read_only=True)
     except EmbedsweepError as exc:
@@ -457,7 +463,7 @@ def report(
         con.close()
     text = report_mod.render(rows, fmt)  # type: ignore[arg-type]
     if output:
-        output.write_text(text + "\n", encoding="utf-8")
+        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     else:
         typer.echo(text)
 

@@ -1,9 +1,12 @@
 """Rendering of warehouse report rows (``embedsweep.store.report_rows``) as a terminal table,
-GitHub markdown or JSON. Pure: rows in, text out; no warehouse access and no printing.
+GitHub markdown, JSON or one self-contained HTML page (built in ``embedsweep.report_html``), and
+the summaries every format shares: cell counts, peaks, cheapest levels, blocked and failed cells.
+Pure: rows in, text out; no warehouse access and no printing.
 """
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import math
@@ -16,15 +19,34 @@ from rich.table import Table
 
 from embedsweep.errors import ConfigError
 
-__all__ = ["COMPARISON_COLUMNS", "ReportFormat", "ReportRow", "render"]
+__all__ = [
+    "COMPARISON_COLUMNS",
+    "FULL_COLUMNS",
+    "INVALID_NOTE",
+    "NO_PRICES_NOTE",
+    "PROBLEM_COLUMNS",
+    "Column",
+    "ReportFormat",
+    "ReportRow",
+    "cell_counts",
+    "cheapest",
+    "finite_number",
+    "peaks",
+    "problems",
+    "render",
+    "series_key",
+    "summary_line",
+    "sweeps",
+]
 
-ReportFormat = Literal["table", "markdown", "json"]
+ReportFormat = Literal["table", "markdown", "json", "html"]
 ReportRow = dict[str, Any]
 
 _DASH = "-"
 
 
-def _number(value: object) -> float | int | None:
+def finite_number(value: object) -> float | int | None:
+    """The value as a figure, or None for anything that is not a finite number."""
     # bool is an int to Python but never a figure here; NaN and infinities print as missing.
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -34,24 +56,24 @@ def _number(value: object) -> float | int | None:
 
 
 def _integer(value: object) -> str:
-    number = _number(value)
+    number = finite_number(value)
     return _DASH if number is None else f"{number:,}"
 
 
 def _rate(value: object) -> str:
     # Requests per second of a small CPU model are single digits; one decimal keeps them apart.
-    number = _number(value)
+    number = finite_number(value)
     return _DASH if number is None else f"{number:,.1f}"
 
 
 def _tokens(value: object) -> str:
-    number = _number(value)
+    number = finite_number(value)
     return _DASH if number is None else f"{number:,.0f}"
 
 
 def _millis(value: object) -> str:
     # Sub-10 ms latencies differ in the second decimal; above that it is noise.
-    number = _number(value)
+    number = finite_number(value)
     if number is None:
         return _DASH
     return f"{number:.2f}" if abs(number) < 10 else f"{number:,.1f}"
@@ -61,6 +83,13 @@ def _text(value: object) -> str:
     return _DASH if value is None or value == "" else str(value)
 
 
+def _money(value: object) -> str:
+    # A small CPU model costs dollars per million tokens, a big GPU fractions of a cent: keep
+    # four significant figures either way.
+    number = finite_number(value)
+    return _DASH if number is None else f"{number:.4g}"
+
+
 def _status(row: ReportRow) -> str:
     # A level that ran but failed its own validity checks (token count mismatch, concurrency not
     # reached) must not read like a clean result.
@@ -68,8 +97,10 @@ def _status(row: ReportRow) -> str:
     return f"{status}*" if status == "ok" and row.get("valid") is False else status
 
 
-# (header, formatter, right-aligned) for the comparison table shared by markdown and table.
-COMPARISON_COLUMNS: tuple[tuple[str, Callable[[ReportRow], str], bool], ...] = (
+Column = tuple[str, Callable[[ReportRow], str], bool]
+
+# (header, formatter, right-aligned) for the terminal table, which must fit a terminal.
+COMPARISON_COLUMNS: tuple[Column, ...] = (
     ("model", lambda r: _text(r.get("model")), False),
     ("engine", lambda r: _text(r.get("engine")), False),
     ("pool", lambda r: _text(r.get("pool")), False),
@@ -83,17 +114,77 @@ COMPARISON_COLUMNS: tuple[tuple[str, Callable[[ReportRow], str], bool], ...] = (
     ("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
 )
 
-_PROBLEM_COLUMNS: tuple[tuple[str, Callable[[ReportRow], str]], ...] = (
-    ("model", lambda r: _text(r.get("model"))),
-    ("engine", lambda r: _engine_route(r)),
-    ("pool", lambda r: _text(r.get("pool"))),
-    ("chunk", lambda r: _integer(r.get("chunk_size"))),
-    ("status", lambda r: _text(r.get("status"))),
-    ("reason", lambda r: _text(r.get("reason"))),
-    ("message", lambda r: _text(r.get("message"))),
+# Every figure a row carries, for the formats read in a browser (markdown artifact, HTML page),
+# where a wide table scrolls instead of wrapping.
+FULL_COLUMNS: tuple[Column, ...] = (
+    ("model", lambda r: _text(r.get("model")), False),
+    ("engine", lambda r: _engine_route(r), False),
+    ("pool", lambda r: _text(r.get("pool")), False),
+    ("gpu", lambda r: _text(r.get("gpu_model")), False),
+    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
+    ("batch", lambda r: _integer(r.get("batch_size")), True),
+    ("mode", lambda r: _text(r.get("mode")), False),
+    ("conc", lambda r: _integer(r.get("concurrency")), True),
+    ("offered rps", lambda r: _rate(r.get("offered_rps")), True),
+    ("status", _status, False),
+    ("reason", lambda r: _text(r.get("reason")), False),
+    ("rps", lambda r: _rate(r.get("throughput_rps")), True),
+    ("inputs/s", lambda r: _rate(r.get("inputs_per_s")), True),
+    ("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
+    ("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
+    ("p90 ms", lambda r: _millis(r.get("p90_ms")), True),
+    ("p95 ms", lambda r: _millis(r.get("p95_ms")), True),
+    ("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
+    ("max ms", lambda r: _millis(r.get("max_ms")), True),
+    ("mean ms", lambda r: _millis(r.get("mean_ms")), True),
+    ("$/M tok", lambda r: _money(r.get("cost_per_million_tokens")), True),
+    ("lag p99 ms", lambda r: _millis(r.get("lag_p99_ms")), True),
+    ("tok mismatch", lambda r: _integer(r.get("prompt_tokens_mismatch")), True),
 )
 
-_INVALID_NOTE = "ok* = the level ran but failed its validity checks (token counts or concurrency)."
+PROBLEM_COLUMNS: tuple[Column, ...] = (
+    ("model", lambda r: _text(r.get("model")), False),
+    ("engine", lambda r: _engine_route(r), False),
+    ("pool", lambda r: _text(r.get("pool")), False),
+    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
+    ("status", lambda r: _text(r.get("status")), False),
+    ("reason", lambda r: _text(r.get("reason")), False),
+    ("message", lambda r: _text(r.get("message")), False),
+)
+
+# One line per (series, chunk size): the level with the most tokens per second.
+_PEAK_COLUMNS: tuple[Column, ...] = (
+    ("model", lambda r: _text(r.get("model")), False),
+    ("engine", lambda r: _text(r.get("engine")), False),
+    ("pool", lambda r: _text(r.get("pool")), False),
+    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
+    ("batch", lambda r: _integer(r.get("batch_size")), True),
+    ("mode", lambda r: _text(r.get("mode")), False),
+    ("at conc", lambda r: _integer(r.get("concurrency")), True),
+    ("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
+    ("inputs/s", lambda r: _rate(r.get("inputs_per_s")), True),
+    ("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
+    ("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
+    ("status", _status, False),
+)
+
+_CHEAPEST_COLUMNS: tuple[Column, ...] = (
+    ("model", lambda r: _text(r.get("model")), False),
+    ("engine", lambda r: _text(r.get("engine")), False),
+    ("pool", lambda r: _text(r.get("pool")), False),
+    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
+    ("batch", lambda r: _integer(r.get("batch_size")), True),
+    ("at conc", lambda r: _integer(r.get("concurrency")), True),
+    ("$/M tok", lambda r: _money(r.get("cost_per_million_tokens")), True),
+    ("tokens per $", lambda r: _tokens(_tokens_per_dollar(r)), True),
+    ("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
+)
+
+INVALID_NOTE = "ok* = the level ran but failed its validity checks (token counts or concurrency)."
+NO_PRICES_NOTE = (
+    "No prices were given (cost_per_gpu_hour is 0 for every pool that ran), so there is no cost "
+    "comparison."
+)
 
 
 def _engine_route(row: ReportRow) -> str:
@@ -103,59 +194,136 @@ def _engine_route(row: ReportRow) -> str:
     return _text(engine)
 
 
-def _problems(rows: Sequence[ReportRow]) -> list[ReportRow]:
+def _tokens_per_dollar(row: ReportRow) -> float | None:
+    cost = finite_number(row.get("cost_per_million_tokens"))
+    return 1e6 / cost if cost is not None and cost > 0 else None
+
+
+def _cell_key(row: ReportRow) -> object:
+    # A run has one row per load level; a row without a run id stands for itself.
+    return row.get("run_id") or id(row)
+
+
+def problems(rows: Sequence[ReportRow]) -> list[ReportRow]:
+    """One row per blocked, failed or cancelled run, in row order."""
     # A failed run that finished some levels has one row per level; list the run once.
     seen: set[object] = set()
     out: list[ReportRow] = []
     for row in rows:
         if row.get("status") == "ok":
             continue
-        key = row.get("run_id") or id(row)
+        key = _cell_key(row)
         if key not in seen:
             seen.add(key)
             out.append(row)
     return out
 
 
+def cell_counts(rows: Sequence[ReportRow]) -> dict[str, int]:
+    """Runs (cells) per status: ok, blocked and failed always present, any other status (such as
+    cancelled) after them when some run has it."""
+    status_of: dict[object, str] = {}
+    for row in rows:
+        status_of.setdefault(_cell_key(row), _text(row.get("status")))
+    counts = dict.fromkeys(("ok", "blocked", "failed"), 0)
+    for status in status_of.values():
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def sweeps(rows: Sequence[ReportRow]) -> list[str]:
+    """The sweep names the rows come from, in first-seen order."""
+    return list(dict.fromkeys(_text(row.get("sweep")) for row in rows))
+
+
+def _measured(row: ReportRow) -> bool:
+    return row.get("status") == "ok" and finite_number(row.get("concurrency")) is not None
+
+
+def series_key(row: ReportRow) -> tuple[str, str, str, str, str]:
+    """What one line on a chart follows across load levels: model, engine, pool, batch, mode."""
+    return (
+        _text(row.get("model")),
+        _text(row.get("engine")),
+        _text(row.get("pool")),
+        _integer(row.get("batch_size")),
+        _text(row.get("mode") or "closed"),
+    )
+
+
+def peaks(rows: Sequence[ReportRow]) -> list[ReportRow]:
+    """Per series and chunk size, the measured level with the most input tokens per second."""
+    best: dict[tuple[object, ...], ReportRow] = {}
+    for row in rows:
+        tokens = finite_number(row.get("input_tokens_per_s"))
+        if not _measured(row) or tokens is None:
+            continue
+        key = (*series_key(row), row.get("chunk_size"))
+        held = best.get(key)
+        if held is None or tokens > (finite_number(held.get("input_tokens_per_s")) or 0):
+            best[key] = row
+    return list(best.values())
+
+
+def cheapest(rows: Sequence[ReportRow]) -> list[ReportRow]:
+    """Per series and chunk size, the measured level with the lowest positive cost per million
+    tokens, cheapest first; empty when no pool had a price."""
+    best: dict[tuple[object, ...], ReportRow] = {}
+    for row in rows:
+        cost = finite_number(row.get("cost_per_million_tokens"))
+        if not _measured(row) or cost is None or cost <= 0:
+            continue
+        key = (*series_key(row), row.get("chunk_size"))
+        held = best.get(key)
+        if held is None or cost < (finite_number(held.get("cost_per_million_tokens")) or 0):
+            best[key] = row
+    return sorted(best.values(), key=lambda r: finite_number(r.get("cost_per_million_tokens")) or 0)
+
+
+def summary_line(rows: Sequence[ReportRow]) -> str:
+    """Sweeps and cell counts in one line, for the top of a report."""
+    counts = ", ".join(f"{n} {status}" for status, n in cell_counts(rows).items())
+    names = ", ".join(sweeps(rows)) or _DASH
+    return f"Sweeps: {names} · cells: {counts} · {len(rows)} rows"
+
+
 def _md_cell(text: str) -> str:
+    # Markdown passes raw HTML through, and a Prefect artifact or a GitHub page would render a
+    # model name like "<script>" as markup: escape it, as the HTML page does.
+    text = html.escape(text, quote=False)
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-def _md_table(headers: Sequence[str], body: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
+def _md_table(columns: Sequence[Column], rows: Sequence[ReportRow]) -> str:
     lines = [
-        "| " + " | ".join(_md_cell(h) for h in headers) + " |",
-        "|" + "|".join("---:" if r else "---" for r in right) + "|",
+        "| " + " | ".join(_md_cell(h) for h, _, _ in columns) + " |",
+        "|" + "|".join("---:" if r else "---" for _, _, r in columns) + "|",
     ]
-    lines.extend("| " + " | ".join(_md_cell(c) for c in cells) + " |" for cells in body)
+    lines.extend(
+        "| " + " | ".join(_md_cell(fmt(row)) for _, fmt, _ in columns) + " |" for row in rows
+    )
     return "\n".join(lines)
 
 
 def _markdown(rows: Sequence[ReportRow]) -> str:
-    parts = ["## Comparison", ""]
+    # Sections in the order a reader asks: what ran, how fast at best, at what price, what did
+    # not run, then every level. Charts have no markdown form; the peak table stands in for them.
+    parts = ["# embedsweep report", "", summary_line(rows), "", "## Peak throughput", ""]
+    peak_rows = peaks(rows)
+    parts.append(_md_table(_PEAK_COLUMNS, peak_rows) if peak_rows else "No measured levels.")
+    parts += ["", "## Cost", ""]
+    cheap_rows = cheapest(rows)
+    parts.append(_md_table(_CHEAPEST_COLUMNS, cheap_rows) if cheap_rows else NO_PRICES_NOTE)
+    parts += ["", "## Blocked and failed", ""]
+    problem_rows = problems(rows)
+    parts.append(_md_table(PROBLEM_COLUMNS, problem_rows) if problem_rows else "None.")
+    parts += ["", "## Comparison", ""]
     if rows:
-        parts.append(
-            _md_table(
-                [h for h, _, _ in COMPARISON_COLUMNS],
-                [[fmt(row) for _, fmt, _ in COMPARISON_COLUMNS] for row in rows],
-                [r for _, _, r in COMPARISON_COLUMNS],
-            )
-        )
+        parts.append(_md_table(FULL_COLUMNS, rows))
         if any(_status(row) == "ok*" for row in rows):
-            parts += ["", _INVALID_NOTE]
+            parts += ["", INVALID_NOTE]
     else:
         parts.append("No results.")
-    parts += ["", "## Blocked and failed", ""]
-    problems = _problems(rows)
-    if problems:
-        parts.append(
-            _md_table(
-                [h for h, _ in _PROBLEM_COLUMNS],
-                [[fmt(row) for _, fmt in _PROBLEM_COLUMNS] for row in problems],
-                [h == "chunk" for h, _ in _PROBLEM_COLUMNS],
-            )
-        )
-    else:
-        parts.append("None.")
     return "\n".join(parts) + "\n"
 
 
@@ -171,20 +339,16 @@ def _rich(rows: Sequence[ReportRow], width: int) -> str:
     if rows:
         console.print(comparison)
         if any(_status(row) == "ok*" for row in rows):
-            console.print(_INVALID_NOTE)
+            console.print(INVALID_NOTE)
     else:
         console.print("No results.")
-    problems = _problems(rows)
-    if problems:
+    problem_rows = problems(rows)
+    if problem_rows:
         blocked = Table(title="Blocked and failed", box=box.SIMPLE_HEAD)
-        for header, _ in _PROBLEM_COLUMNS:
-            blocked.add_column(
-                header,
-                justify="right" if header == "chunk" else "left",
-                overflow="fold",
-            )
-        for row in problems:
-            blocked.add_row(*(fmt(row) for _, fmt in _PROBLEM_COLUMNS))
+        for header, _, right in PROBLEM_COLUMNS:
+            blocked.add_column(header, justify="right" if right else "left", overflow="fold")
+        for row in problem_rows:
+            blocked.add_row(*(fmt(row) for _, fmt, _ in PROBLEM_COLUMNS))
         console.print(blocked)
     # rich pads every line to the console width; the padding is noise in a file or a diff.
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
@@ -198,4 +362,10 @@ def render(rows: list[ReportRow], fmt: ReportFormat, *, width: int = 160) -> str
         return _markdown(rows)
     if fmt == "table":
         return _rich(rows, width)
-    raise ConfigError(f"unknown report format {fmt!r}; use table, markdown or json")
+    if fmt == "html":
+        # report_html builds on this module's columns and summaries, so it is imported here
+        # rather than at the top, where the two modules would import each other.
+        from embedsweep.report_html import render_html
+
+        return render_html(rows)
+    raise ConfigError(f"unknown report format {fmt!r}; use table, markdown, json or html")

@@ -186,8 +186,8 @@ def open_warehouse(
     """Open (creating when writing) the warehouse at ``path`` with its schema up to date.
 
     Waits up to ``lock_timeout_s`` for another process's lock, then raises
-    ``EmbedsweepError(code="warehouse_locked")``. A read-only open of a missing file, or of a
-    warehouse whose migrations are not all applied, raises :class:`ConfigError`.
+    ``EmbedsweepError(code="warehouse_locked")``. A read-only open of a missing file raises
+    :class:`ConfigError`; one of a warehouse from an older version migrates it first.
     """
     path = Path(path)
     if read_only and not path.exists():
@@ -197,7 +197,21 @@ def open_warehouse(
     con = _connect(path, read_only=read_only, lock_timeout_s=lock_timeout_s)
     try:
         if read_only:
-            _check_current(con, path)
+            try:
+                _check_current(con, path)
+            except ConfigError:
+                if not _scalar(con, "has_schema_migrations"):
+                    raise  # not an embedsweep warehouse: never add tables to someone's file
+                # A warehouse written by an older embedsweep: bring its schema up to date once
+                # (a short read-write open), then read it as asked.
+                con.close()
+                migrated = _connect(path, read_only=False, lock_timeout_s=lock_timeout_s)
+                try:
+                    _migrate(migrated)
+                finally:
+                    migrated.close()
+                con = _connect(path, read_only=True, lock_timeout_s=lock_timeout_s)
+                _check_current(con, path)
         else:
             _migrate(con)
     except BaseException:

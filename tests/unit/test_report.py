@@ -1,4 +1,5 @@
-"""Report rendering: the same rows as JSON, GitHub markdown and a plain-text rich table."""
+"""Report rendering: the same rows as JSON, GitHub markdown and a plain-text rich table (the
+HTML page has its own tests in test_report_html.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 
 from embedsweep.errors import ConfigError
-from embedsweep.report import render
+from embedsweep.report import NO_PRICES_NOTE, render
 
 
 def row(**overrides: Any) -> dict[str, Any]:
@@ -78,37 +79,94 @@ def test_json_round_trips_the_rows() -> None:
     assert text.startswith('[\n  {\n    "sweep": "nightly"')
 
 
-def test_markdown_has_a_comparison_table_and_a_blocked_section() -> None:
+def _section(text: str, title: str) -> list[str]:
+    """The lines of one ``## title`` section, without its heading and surrounding blank lines."""
+    after = text.split(f"## {title}\n\n", 1)[1]
+    return after.split("\n\n## ", 1)[0].strip("\n").splitlines()
+
+
+def test_markdown_opens_with_sweeps_and_cell_counts() -> None:
     lines = render(ROWS, "markdown").splitlines()
 
-    header = (
-        "| model | engine | pool | chunk | conc | status | reason | rps | tok/s | p50 ms | p99 ms |"
-    )
-    assert lines[:4] == [
-        "## Comparison",
+    assert lines[:3] == [
+        "# embedsweep report",
         "",
-        header,
-        "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|",
+        "Sweeps: nightly · cells: 1 ok, 1 blocked, 0 failed · 2 rows",
     ]
-    assert lines[4] == (
-        "| e5-base-v2 | vllm | a100 | 512 | 16 | ok | - | 812.3 | 415,921 | 4.57 | 123.5 |"
+
+
+def test_markdown_comparison_carries_every_figure() -> None:
+    lines = _section(render(ROWS, "markdown"), "Comparison")
+
+    assert lines[0] == (
+        "| model | engine | pool | gpu | chunk | batch | mode | conc | offered rps | status "
+        "| reason | rps | inputs/s | tok/s | p50 ms | p90 ms | p95 ms | p99 ms | max ms | mean ms "
+        "| $/M tok | lag p99 ms | tok mismatch |"
     )
-    assert lines[5] == (
-        "| NV-Embed-v2 | hf | a100 | 512 | - | blocked | unsupported_architecture | - | - | - | - |"
+    assert lines[1] == "|---|---|---|---|---:|---:|---|---:|---:|---|---|" + "---:|" * 12
+    assert lines[2] == (
+        "| e5-base-v2 | vllm | a100 | NVIDIA A100 | 512 | 1 | - | 16 | - | ok | - | 812.3 "
+        "| 812.3 | 415,921 | 4.57 | 9.10 | - | 123.5 | - | 5.00 | 0.0012 | - | 0 |"
     )
-    blocked_at = lines.index("## Blocked and failed")
-    assert blocked_at > 5
+    assert lines[3].startswith(
+        "| NV-Embed-v2 | hf (planned vllm) | a100 | NVIDIA A100 | 512 | 1 | - | - | - | blocked "
+        "| unsupported_architecture | - |"
+    )
+
+
+def test_markdown_lists_blocked_cells_with_escaped_messages() -> None:
+    lines = _section(render(ROWS, "markdown"), "Blocked and failed")
+
     # The pipe in the message is escaped so the table keeps its columns.
-    assert lines[blocked_at + 4] == (
+    assert lines[2] == (
         "| NV-Embed-v2 | hf (planned vllm) | a100 | 512 | blocked | unsupported_architecture "
         "| NVEmbedModel \\| not in vLLM's registry |"
     )
 
 
-def test_markdown_with_nothing_blocked_says_so() -> None:
-    text = render([row()], "markdown")
+def test_markdown_peaks_take_the_fastest_level_per_series_and_chunk() -> None:
+    rows = [
+        row(concurrency=c, input_tokens_per_s=t, run_id="a")
+        for c, t in ((1, 100.0), (4, 300.0), (16, 250.0))
+    ]
+    rows.append(row(chunk_size=128, concurrency=8, input_tokens_per_s=50.0, run_id="b"))
+    lines = _section(render(rows, "markdown"), "Peak throughput")
 
-    assert text.endswith("## Blocked and failed\n\nNone.\n")
+    assert len(lines) == 4
+    assert lines[2].startswith("| e5-base-v2 | vllm | a100 | 512 | 1 | - | 4 | 300 |")
+    assert lines[3].startswith("| e5-base-v2 | vllm | a100 | 128 | 1 | - | 8 | 50 |")
+
+
+def test_markdown_cost_lists_the_cheapest_level_or_says_no_prices() -> None:
+    priced = [
+        row(concurrency=1, cost_per_million_tokens=0.004, run_id="a"),
+        row(concurrency=8, cost_per_million_tokens=0.002, run_id="a"),
+    ]
+    lines = _section(render(priced, "markdown"), "Cost")
+    unpriced = _section(render([row(cost_per_million_tokens=None)], "markdown"), "Cost")
+
+    assert len(lines) == 3
+    assert lines[2].startswith("| e5-base-v2 | vllm | a100 | 512 | 1 | 8 | 0.002 | 500,000,000 |")
+    assert unpriced == [NO_PRICES_NOTE]
+
+
+def test_markdown_escapes_markup_in_names() -> None:
+    text = render([row(model="<script>x</script> & co")], "markdown")
+
+    assert "<script>" not in text
+    assert "| &lt;script&gt;x&lt;/script&gt; &amp; co | vllm |" in text
+
+
+def test_markdown_with_nothing_blocked_says_so() -> None:
+    assert _section(render([row()], "markdown"), "Blocked and failed") == ["None."]
+
+
+def test_markdown_of_no_rows_says_so() -> None:
+    text = render([], "markdown")
+
+    assert "Sweeps: - · cells: 0 ok, 0 blocked, 0 failed · 0 rows" in text
+    assert _section(text, "Comparison") == ["No results."]
+    assert _section(text, "Peak throughput") == ["No measured levels."]
 
 
 def test_markdown_lists_a_failed_run_once_and_flags_invalid_levels() -> None:
@@ -120,7 +178,8 @@ def test_markdown_lists_a_failed_run_once_and_flags_invalid_levels() -> None:
 
     assert "| ok* |" in text
     assert "ok* = the level ran but failed its validity checks" in text
-    blocked = text.split("## Blocked and failed")[1]
+    assert "cells: 1 ok, 0 blocked, 1 failed · 3 rows" in text
+    blocked = "\n".join(_section(text, "Blocked and failed"))
     assert blocked.count("out_of_memory") == 1
 
 
@@ -157,11 +216,12 @@ def test_table_of_no_rows_says_so() -> None:
     [(float("nan"), "-"), (True, "-"), (1234.5, "1,234.5"), (7, "7.00"), (None, "-")],
 )
 def test_odd_values_render_as_missing_or_formatted(value: object, shown: str) -> None:
-    text = render([row(p99_ms=value)], "markdown")
+    text = render([row(p99_ms=value)], "table", width=200)
 
-    assert text.splitlines()[4].endswith(f"| 4.57 | {shown} |")
+    ok_line = next(line for line in text.splitlines() if "e5-base-v2" in line)
+    assert ok_line.split()[-2:] == ["4.57", shown]
 
 
 def test_unknown_format_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="unknown report format 'html'"):
-        render(ROWS, "html")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown report format 'pdf'"):
+        render(ROWS, "pdf")  # type: ignore[arg-type]

@@ -701,8 +701,12 @@ def test_a_warehouse_from_before_0002_is_migrated_with_its_rows(tmp_path: Path) 
     )
     con.close()
 
-    with pytest.raises(ConfigError, match=r"0002_client_lag\.sql"):
-        open_warehouse(path, read_only=True)
+    # A read-only open (embedsweep report, sql) brings an older warehouse up to date first.
+    reader = open_warehouse(path, read_only=True)
+    try:
+        assert query(reader, "SELECT scheduled_ns FROM requests")[1] == [(1500,)]
+    finally:
+        reader.close()
     con = open_warehouse(path)
     try:
         _, req = query(con, "SELECT start_ns, scheduled_ns FROM requests")
@@ -720,3 +724,182 @@ def test_a_warehouse_from_before_0002_is_migrated_with_its_rows(tmp_path: Path) 
     assert req == [(1500, 1500)]
     assert res == [("closed", None, 0.0, 0)]
     assert versions == [(m.version,) for m in migrations()]
+
+
+# -- the views of migration 0003 ----------------------------------------------------------------
+
+
+def at_speed(concurrency: int, input_tokens_per_s: float, **update: object) -> LevelSummary:
+    return level(concurrency, 6).model_copy(
+        update={"input_tokens_per_s": input_tokens_per_s, **update}
+    )
+
+
+def nightly_runs(root: Path, speeds: list[dict[int, float]]) -> list[Path]:
+    """One run of the same cell per night, in order; each dict maps concurrency to tokens/s."""
+    return [
+        write_run(
+            root,
+            manifest(
+                f"n{night}",
+                cell_id="cell-a",
+                sweep_run_id=f"sweep-{night}",
+                started_at=f"2025-01-0{night + 1}T03:00:00+00:00",
+                finished_at=f"2025-01-0{night + 1}T03:10:00+00:00",
+                levels=[at_speed(c, tps) for c, tps in by_level.items()],
+            ),
+        )
+        for night, by_level in enumerate(speeds)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tonight", "flagged"),
+    [
+        (1200.0, False),  # faster
+        (950.0, False),  # -5 %: within the noise
+        (900.0, False),  # exactly -10 %: the threshold is "more than"
+        (899.0, True),
+        (500.0, True),
+    ],
+)
+def test_regressions_are_drops_of_more_than_ten_percent(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path, tonight: float, flagged: bool
+) -> None:
+    ingest_runs(warehouse, nightly_runs(tmp_path, [{4: 1000.0}, {4: tonight}]))
+
+    _, rows = query(warehouse, "SELECT prev_run_id, run_id, concurrency FROM v_regressions")
+
+    assert rows == ([("n0", "n1", 4)] if flagged else [])
+
+
+def test_nightly_trend_pairs_each_level_with_the_previous_run_of_its_cell(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    runs = nightly_runs(tmp_path, [{1: 100.0, 4: 400.0}, {1: 110.0, 4: 300.0}, {1: 99.0}])
+    # Another cell at the same level is never anybody's previous run.
+    other = manifest("x", cell_id="cell-b", started_at="2025-01-02T12:00:00+00:00")
+    ingest_runs(warehouse, [*runs, write_run(tmp_path, other)])
+
+    _, rows = query(
+        warehouse,
+        "SELECT run_id, concurrency, prev_run_id, prev_input_tokens_per_s, "
+        "round(tokens_per_s_change, 3), nightly, is_latest "
+        "FROM v_nightly_trend WHERE cell_id = 'cell-a' ORDER BY concurrency, started_at",
+    )
+
+    assert rows == [
+        ("n0", 1, None, None, None, True, False),
+        ("n1", 1, "n0", 100.0, 0.1, True, False),
+        ("n2", 1, "n1", 110.0, -0.1, True, True),
+        ("n0", 4, None, None, None, True, False),
+        ("n1", 4, "n0", 400.0, -0.25, True, False),
+    ]
+
+
+def test_an_invalid_level_is_not_a_regression(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    first, _ = nightly_runs(tmp_path / "a", [{4: 1000.0}, {4: 0.0}])
+    broken = manifest(
+        "n1",
+        cell_id="cell-a",
+        started_at="2025-01-02T03:00:00+00:00",
+        levels=[at_speed(4, 10.0, valid=False)],
+    )
+    ingest_runs(warehouse, [first, write_run(tmp_path / "b", broken)])
+
+    _, trend = query(warehouse, "SELECT run_id FROM v_nightly_trend")
+    _, regressions = query(warehouse, "SELECT count(*) FROM v_regressions")
+
+    assert trend == [("n0",)]
+    assert regressions == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("gpu_count", "cost_per_gpu_hour", "expected"),
+    [
+        # 1800 tok/s on 2 GPUs at $1.8/h: $3.6/h, 500 tok/s per dollar-hour, $0.5556 per M tok.
+        (2, 1.8, (3.6, 500.0, 0.5556, 3.0, 900.0)),
+        (1, 1.8, (1.8, 1000.0, 0.2778, 6.0, 1800.0)),
+        # A pool priced at 0 has no cost figures rather than a division by zero.
+        (1, 0.0, (0.0, None, None, 6.0, 1800.0)),
+        (0, 0.0, (0.0, None, None, None, None)),
+    ],
+)
+def test_efficiency_prices_throughput_by_the_gpu_hour(
+    warehouse: duckdb.DuckDBPyConnection,
+    tmp_path: Path,
+    gpu_count: int,
+    cost_per_gpu_hour: float,
+    expected: tuple[object, ...],
+) -> None:
+    m = manifest(
+        "r1",
+        gpu_count=gpu_count,
+        cost_per_gpu_hour=cost_per_gpu_hour,
+        levels=[at_speed(4, 1800.0, inputs_per_s=6.0)],
+    )
+    ingest_run(warehouse, write_run(tmp_path, m))
+
+    _, rows = query(
+        warehouse,
+        "SELECT usd_per_hour, tokens_per_s_per_usd_hour, round(usd_per_million_tokens, 4), "
+        "inputs_per_s_per_gpu, input_tokens_per_s_per_gpu FROM v_efficiency",
+    )
+
+    assert rows == [expected]
+
+
+def test_failures_by_reason_counts_runs_and_cells_with_the_newest_message(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    old = blocked_manifest("b1", cell_id="c1", message="old wording")
+    new = blocked_manifest(
+        "b2", cell_id="c1", message="new wording", started_at="2025-01-03T03:00:00+00:00"
+    )
+    other = blocked_manifest("b3", cell_id="c2", model="gte-Qwen2", message="another model")
+    cancelled = manifest("c", status="cancelled", levels=[], preflight=[])
+    ingest_runs(warehouse, [write_run(tmp_path, m) for m in (old, new, other, cancelled)])
+
+    _, rows = query(
+        warehouse,
+        "SELECT reason, status, engine, pool, runs, cells, cells_now, models, example_message "
+        "FROM v_failures_by_reason ORDER BY reason",
+    )
+
+    assert rows == [
+        ("cancelled", "cancelled", "vllm", "a100", 1, 1, 1, "e5-base-v2", None),
+        (
+            "unsupported_architecture",
+            "blocked",
+            "sglang",
+            "a100",
+            3,
+            2,
+            2,
+            "NV-Embed-v2, gte-Qwen2",
+            "new wording",
+        ),
+    ]
+
+
+def test_compare_is_the_latest_levels_in_long_form(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    ms = [
+        manifest("v", levels=[at_speed(4, 900.0)]),
+        manifest("s", engine="sglang", planned_engine="sglang", levels=[at_speed(4, 1000.0)]),
+        blocked_manifest("b"),
+    ]
+    ingest_runs(warehouse, [write_run(tmp_path, m) for m in ms])
+
+    _, rows = query(
+        warehouse,
+        "SELECT model, chunk_size, concurrency, engine_pool, input_tokens_per_s FROM v_compare",
+    )
+
+    assert rows == [
+        ("e5-base-v2", 512, 4, "sglang@a100", 1000.0),
+        ("e5-base-v2", 512, 4, "vllm@a100", 900.0),
+    ]
