@@ -547,6 +547,30 @@ def serve(
     raise typer.Exit(serve_main(argv))
 
 
+@app.command()
+def diagnose(
+    server_log: Annotated[
+        Path, typer.Argument(help="An engine's server.log.", metavar="SERVER_LOG")
+    ],
+    as_json: JsonFlag = False,
+) -> None:
+    """Classify a server.log: the failure code and the line that decided it."""
+    from embedsweep.diagnose import diagnose_log
+
+    try:
+        result = diagnose_log(server_log)
+    except OSError as exc:
+        _fail(f"cannot read {server_log}: {exc.strerror or exc}")
+    if as_json:
+        _echo_json(
+            {"cause": result.cause, "evidence": result.evidence, "transient": result.transient}
+        )
+    else:
+        typer.echo(
+            result.cause if result.evidence is None else f"{result.cause}: {result.evidence}"
+        )
+
+
 registry_app = typer.Typer(
     help="Engine registries: which architectures each engine version serves.",
     no_args_is_help=True,

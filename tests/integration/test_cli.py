@@ -143,3 +143,15 @@ def test_calibrate_corpus_windows(tmp_path: Path) -> None:
     missing = _cli("calibrate", MODEL, "--tokens", "64", "--corpus", str(tmp_path / "nope.txt"))
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1
+
+
+def test_diagnose_names_the_cause_and_the_line() -> None:
+    logs = Path(__file__).resolve().parents[1] / "fixtures" / "logs"
+    log = next(logs.glob("unsupported_architecture__*.log"))
+    result = _cli("diagnose", str(log), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["cause"] == "unsupported_architecture"
+    assert data["evidence"].removesuffix(" …") in log.read_text()  # long lines are cut
+    missing = _cli("diagnose", str(logs / "absent.log"))
+    assert missing.returncode == 2
