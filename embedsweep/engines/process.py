@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from embedsweep.diagnose import diagnose_log
 from embedsweep.errors import ServerError
 
 __all__ = ["ServerProcess", "free_port", "tail"]
-
-_PORT_IN_USE = ("address already in use", "errno 98", "only one usage of each socket address")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -110,19 +109,7 @@ class ServerProcess:
         while True:
             code = self.proc.poll()
             if code is not None:
-                last = tail(self.log_path, 40)
-                lowered = "\n".join(last).lower()
-                if any(marker in lowered for marker in _PORT_IN_USE):
-                    raise ServerError(
-                        f"port {self.port} was taken before the server bound it",
-                        code="port_in_use",
-                        transient=True,
-                    )
-                detail = self.redact(last[-1]) if last else "no output"
-                raise ServerError(
-                    f"server exited with code {code} before becoming healthy: {detail}",
-                    code="server_crashed",
-                )
+                raise self._exit_error(code)
             if self._healthy():
                 return time.monotonic() - started
             if time.monotonic() - started > timeout_s:
@@ -132,6 +119,21 @@ class ServerProcess:
                     transient=True,
                 )
             time.sleep(0.25)
+
+    def _exit_error(self, exit_code: int) -> ServerError:
+        """Why the server died before it was healthy, from its own log (see ``diagnose``)."""
+        found = diagnose_log(self.log_path)
+        cause = "server_crashed" if found.cause == "unknown" else found.cause
+        if found.evidence:
+            detail = self.redact(found.evidence)
+        else:
+            last = tail(self.log_path, 1)
+            detail = self.redact(last[-1]) if last else "no output"
+        return ServerError(
+            f"server exited with code {exit_code} before becoming healthy: {detail}",
+            code=cause,
+            transient=found.transient,
+        )
 
     def stop(self, grace_s: float = 15.0) -> int | None:
         """Stop the whole process group; returns the server's exit code."""
