@@ -611,26 +611,20 @@ def registry_check(
 ) -> None:
     """Ask an installed engine for its architectures and compare with the snapshot (the live
     answer wins; differences are printed)."""
-    import json as _json
-    from importlib import resources
-
-    from embedsweep.registry import snapshot_for
-    from embedsweep.registry_gen import diff_snapshot, live_architectures
+    from embedsweep.registry import live_architectures, snapshot_for
 
     snap = snapshot_for(engine, version)
     if snap is None:
         _fail(f"no snapshot for {engine}")
     try:
-        live = live_architectures(engine, python)
+        live = live_architectures(engine, python, snap.version)
     except EmbedsweepError as exc:
         _fail(exc.message, code=1)
     if live is None:
         _fail(f"{engine} is not importable from {python}", code=1)
-    data_file = resources.files("embedsweep.registry_data") / f"{engine}-{snap.version}.json"
-    differences = diff_snapshot(_json.loads(data_file.read_text(encoding="utf-8")), live)
-    for line in differences:
+    for line in live.differences:
         typer.echo(line)
-    typer.echo(f"{engine} {snap.version}: {len(differences)} difference(s) from the snapshot")
+    typer.echo(f"{engine} {snap.version}: {len(live.differences)} difference(s) from the snapshot")
 
 
 def main() -> None:

@@ -152,16 +152,19 @@ def support(
 
 
 @cache
-def live_architectures(engine: str, python: str) -> LiveArchitectures | None:
+def live_architectures(
+    engine: str, python: str, snapshot_version: str | None = None
+) -> LiveArchitectures | None:
     """Ask the engine installed in ``python``'s environment (once per process), with the
-    differences from the snapshot; None when the engine is not importable there."""
+    differences from the snapshot of ``snapshot_version`` (default: the installed version's);
+    None when the engine is not importable there."""
     from embedsweep.registry_gen import diff_snapshot
     from embedsweep.registry_gen import live_architectures as query
 
     live = query(engine, python)
     if live is None:
         return None
-    snap = snapshot_for(engine, live["version"])
+    snap = snapshot_for(engine, snapshot_version or live["version"])
     differences: list[str] = []
     if snap is not None:
         data_file = resources.files("embedsweep.registry_data") / f"{engine}-{snap.version}.json"

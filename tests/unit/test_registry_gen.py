@@ -536,3 +536,17 @@ def test_preflight_asks_the_installed_engine_and_its_answer_wins(
     assert live.engine_version == "0.33.1"
     warning = next(r for r in live.reasons if r.code == "registry_live_differs")
     assert "NewEmbedModel" in warning.message
+
+
+def test_registry_check_command_prints_the_differences(tmp_path: Path) -> None:
+    import subprocess
+
+    python = fake_engine_python(tmp_path, FAKE_VLLM_PACKAGE)
+    cli = Path(sys.executable).parent / "embedsweep"
+    done = subprocess.run(
+        [str(cli), "registry", "check", "--engine", "vllm", "--python", python],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "NewEmbedModel" in done.stdout
+    assert "difference(s) from the snapshot" in done.stdout.splitlines()[-1]
