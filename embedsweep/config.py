@@ -33,6 +33,7 @@ __all__ = [
     "ConfigError",
     "EngineCommand",
     "EngineName",
+    "HostSpec",
     "LoadSpec",
     "ModelSpec",
     "PoolSpec",
@@ -135,6 +136,17 @@ class EngineCommand(_Strict):
         return shlex.split(value) if isinstance(value, str) else value
 
 
+class HostSpec(_Strict):
+    """One GPU host of a pool in a distributed sweep: a work queue of the pool's work pool."""
+
+    name: Name = Field(
+        description="Host name; also the work queue its worker polls (prefect worker --work-queue)."
+    )
+    devices: list[str] = Field(
+        min_length=1, description="Device ids on that host (['0', '1', ...] or ['cpu'])."
+    )
+
+
 class PoolSpec(_Strict):
     """A group of identical accelerators (or the CPU) that cells run on."""
 
@@ -150,7 +162,10 @@ class PoolSpec(_Strict):
     )
     devices: list[str] = Field(
         min_length=1,
-        description="Device ids on a host (['0', '1'] for CUDA devices, ['cpu'] for the CPU).",
+        description=(
+            "Device ids on this host: ['0', '1'] for CUDA devices, ['auto'] for every GPU NVML "
+            "finds, ['cpu'] for the CPU."
+        ),
     )
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0, le=1, description="Fraction of each device's memory an engine may use."
@@ -162,6 +177,27 @@ class PoolSpec(_Strict):
         default_factory=dict,
         description="How each engine is started in this pool; hf needs no entry.",
     )
+    hosts: list[HostSpec] = Field(
+        default_factory=list,
+        description=(
+            "Distributed sweeps: the hosts of this pool, each a work queue of the Prefect work "
+            "pool named like the pool. Empty: cells run on this machine's `devices`."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _hosts_fit(self) -> PoolSpec:
+        names = [h.name for h in self.hosts]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate host name(s): {', '.join(dupes)}")
+        for spot in [self.devices, *(h.devices for h in self.hosts)]:
+            if len(spot) < self.tensor_parallel_size and spot != ["auto"]:
+                raise ValueError(
+                    f"tensor_parallel_size {self.tensor_parallel_size} needs that many devices, "
+                    f"got {spot}"
+                )
+        return self
 
     @property
     def is_cpu(self) -> bool:
