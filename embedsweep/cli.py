@@ -627,6 +627,89 @@ def registry_check(
     typer.echo(f"{engine} {snap.version}: {len(live.differences)} difference(s) from the snapshot")
 
 
+engine_app = typer.Typer(
+    help="Engine environments: one isolated venv per engine version (vllm@0.33.0, ...).",
+    no_args_is_help=True,
+)
+app.add_typer(engine_app, name="engine")
+EnginesRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--root",
+        help="Where engine environments live (default: $EMBEDSWEEP_ENGINES_ROOT or "
+        "~/.local/share/embedsweep/engines).",
+        show_default=False,
+    ),
+]
+
+
+@engine_app.command("install")
+def engine_install(
+    spec: Annotated[str, typer.Argument(help="ENGINE==VERSION, e.g. vllm==0.33.0.")],
+    root: EnginesRootOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing install.")] = False,
+    pip_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pip-arg",
+            help="Passed to pip install; repeat it (--pip-arg=--index-url=URL, "
+            "--pip-arg=--no-index, --pip-arg=--find-links=DIR).",
+        ),
+    ] = None,
+    python: Annotated[
+        str | None, typer.Option(help="Interpreter to make the venv from (default: this one).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Install ENGINE==VERSION into its own environment and record it, so a pool can name
+    ENGINE@VERSION. Exit 0 installed, 1 install failed (nothing left behind), 2 bad input."""
+    from embedsweep import engine_envs
+
+    # pip's own output goes to the install log; a terminal also sees it scroll by.
+    progress = (lambda line: typer.echo(line, err=True)) if sys.stderr.isatty() else None
+    try:
+        record = engine_envs.install(
+            spec,
+            root=root,
+            pip_args=tuple(pip_arg or ()),
+            python=python or sys.executable,
+            force=force,
+            progress=progress,
+        )
+    except ConfigError as exc:
+        _fail(exc.message)
+    except EmbedsweepError as exc:
+        _fail(exc.message, code=1)
+    except KeyboardInterrupt:
+        _fail(f"interrupted: {spec} was not installed", code=130)
+    if as_json:
+        _echo_json(record.as_dict())
+    else:
+        typer.echo(
+            f"{record.ref} installed in {record.prefix} (command: {' '.join(record.command)})"
+        )
+
+
+@engine_app.command("list")
+def engine_list(root: EnginesRootOpt = None, as_json: JsonFlag = False) -> None:
+    """The recorded engine environments."""
+    from embedsweep import engine_envs
+
+    try:
+        records = engine_envs.installed(root)
+    except EmbedsweepError as exc:
+        _fail(exc.message, code=1)
+    if as_json:
+        _echo_json({ref: rec.as_dict() for ref, rec in records.items()})
+        return
+    if not records:
+        where = root if root is not None else engine_envs.engines_root()
+        typer.echo(f"no engines installed under {where}")
+    for ref, rec in records.items():
+        missing = "" if Path(rec.python).exists() else "  (missing: reinstall with --force)"
+        typer.echo(f"{ref}  {rec.prefix}  {rec.installed_at}{missing}")
+
+
 def main() -> None:
     try:
         app()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PositiveFloat,
@@ -33,6 +35,7 @@ __all__ = [
     "ConfigError",
     "EngineCommand",
     "EngineName",
+    "EngineRef",
     "HostSpec",
     "LoadSpec",
     "ModelSpec",
@@ -40,10 +43,41 @@ __all__ = [
     "SweepSpec",
     "load_sweep",
     "parse_sweep",
+    "split_engine",
 ]
 
 EngineName = Literal["vllm", "sglang", "hf"]
 ENGINES: tuple[str, ...] = ("vllm", "sglang", "hf")
+# An engine, optionally pinned to a version installed with `embedsweep engine install`:
+# "vllm", "vllm@0.33.0", "sglang@0.5.23". Two versions of one engine are two engines of a sweep.
+_ENGINE_REF = re.compile(r"^(vllm|sglang|hf)(@[0-9][0-9A-Za-z.+-]*)?$")
+
+
+def _check_engine_ref(value: Any) -> Any:
+    if isinstance(value, str) and not _ENGINE_REF.match(value):
+        raise ValueError(
+            f"unknown engine {value!r} (known: vllm, sglang, hf; pin a version as 'vllm@0.33.0')"
+        )
+    return value
+
+
+EngineRef = Annotated[
+    str,
+    BeforeValidator(_check_engine_ref),
+    Field(
+        pattern=r"^(vllm|sglang|hf)(@[0-9][0-9A-Za-z.+-]*)?$",
+        description="Engine name (vllm, sglang, hf), optionally @version: 'vllm@0.33.0'.",
+        examples=["vllm", "sglang", "hf", "vllm@0.33.0"],
+    ),
+]
+
+
+def split_engine(ref: str) -> tuple[str, str | None]:
+    """``"vllm@0.33.0"`` → ``("vllm", "0.33.0")``; ``"hf"`` → ``("hf", None)``."""
+    name, _, version = ref.partition("@")
+    return name, version or None
+
+
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")]
 
@@ -173,9 +207,13 @@ class PoolSpec(_Strict):
     tensor_parallel_size: PositiveInt = Field(
         default=1, description="Devices one server spans (tensor parallelism)."
     )
-    engines: dict[EngineName, EngineCommand] = Field(
+    engines: dict[EngineRef, EngineCommand] = Field(
         default_factory=dict,
-        description="How each engine is started in this pool; hf needs no entry.",
+        description=(
+            "How each engine is started in this pool; hf needs no entry. A key may pin a "
+            "version ('vllm@0.33.0'); a pinned engine without an entry here is looked up among "
+            "the engines installed with `embedsweep engine install`."
+        ),
     )
     hosts: list[HostSpec] = Field(
         default_factory=list,
@@ -245,7 +283,13 @@ class SweepSpec(_Strict):
     name: Name = Field(description="Sweep name, stored with every result.")
     description: str = Field(default="", description="Free text shown in reports.")
     models: list[ModelSpec] = Field(min_length=1, description="Models to benchmark.")
-    engines: list[EngineName] = Field(min_length=1, description="Engines to serve each model on.")
+    engines: list[EngineRef] = Field(
+        min_length=1,
+        description=(
+            "Engines to serve each model on: vllm, sglang, hf, or a pinned version such as "
+            "'vllm@0.33.0' (list 'vllm@0.32.0' and 'vllm@0.33.0' to compare two releases)."
+        ),
+    )
     fallback_engine: EngineName | None = Field(
         default=None,
         description="Engine to run a cell on when its engine cannot serve the architecture.",
@@ -289,9 +333,19 @@ class Cell(_Strict):
     """One model on one engine in one pool at one input length; load levels run inside it."""
 
     model: ModelSpec
-    engine: EngineName
+    engine: EngineRef
     pool: PoolSpec
     chunk_size: PositiveInt
+
+    @property
+    def engine_name(self) -> str:
+        """The engine without its version pin."""
+        return split_engine(self.engine)[0]
+
+    @property
+    def engine_pin(self) -> str | None:
+        """The pinned version, if the sweep named one (``vllm@0.33.0``)."""
+        return split_engine(self.engine)[1]
 
     def cell_id(self, sweep_name: str) -> str:
         parts = (sweep_name, self.model.display_name, self.engine, self.pool.name, self.chunk_size)

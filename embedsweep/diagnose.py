@@ -98,7 +98,18 @@ RULES: tuple[Rule, ...] = (
         # vLLM's own check of a model argument that is neither a folder nor a hub id.
         r"|Invalid repository ID or local directory specified",
     ),
-    _rule("invalid_model_files", r"does not appear to have a file named"),
+    # Missing or corrupt weights: transformers' "Error no file named model.safetensors, or
+    # pytorch_model.bin, found in directory", safetensors' header check (vLLM and SGLang load
+    # with it too), torch's unpickler on a truncated .bin.
+    _rule(
+        "invalid_model_files",
+        r"does not appear to have a file named"
+        r"|Error no file named .* found in directory"
+        r"|SafetensorError: Error while deserializing header"
+        r"|safetensors_rust\.SafetensorError"
+        r"|Unable to load weights from pytorch checkpoint"
+        r"|PytorchStreamReader failed reading zip archive",
+    ),
     # transformers: "contains custom code which must be executed ... trust_remote_code=True";
     # older releases: "requires you to execute the configuration file in that repo". The bare word
     # trust_remote_code is not used: vLLM and SGLang print it in every argument dump.

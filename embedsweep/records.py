@@ -127,6 +127,15 @@ class LevelSummary(_Frozen):
         description="Open loop: scheduled arrivals never sent because the duration ran out "
         "(not counted in requests).",
     )
+    gpu_util_mean_pct: float | None = Field(
+        default=None, description="NVML: mean GPU utilisation over the level's devices and samples."
+    )
+    gpu_mem_used_max_mib: float | None = Field(
+        default=None, description="NVML: most memory used on one of the level's devices (MiB)."
+    )
+    gpu_power_mean_w: float | None = Field(
+        default=None, description="NVML: mean power draw of one device during the level (W)."
+    )
 
 
 class RunManifest(_Frozen):
@@ -157,3 +166,15 @@ class RunManifest(_Frozen):
     finished_at: str
     preflight: list[PreflightResult] = Field(default_factory=list)
     levels: list[LevelSummary] = Field(default_factory=list)
+    host: str | None = Field(
+        default=None, description="Where the server ran: the pool's host (work queue) or hostname."
+    )
+    devices: list[str] = Field(default_factory=list, description="Devices the server was given.")
+    port_released: bool | None = Field(
+        default=None, description="After the stop: the server's port could be bound again."
+    )
+    gpu_memory_released: bool | None = Field(
+        default=None,
+        description="After the stop: the devices' used memory fell back to what it was before the "
+        "start (None without NVML).",
+    )

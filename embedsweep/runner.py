@@ -4,32 +4,52 @@ server.log). The single entrypoint is :func:`run_cell`; Prefect tasks wrap it, t
 not know they exist.
 
 A blocked cell is a result: it gets a run directory with its reasons, like a measured one.
+
+While a cell runs, its run directory holds ``pending.json``: the manifest the run gets if it never
+finishes (status ``cancelled``). A normal end replaces it with ``run.json``; an interrupt
+(SIGINT, Prefect's cancellation SIGTERM) promotes it; and if the process was killed outright,
+:func:`finalize_unfinished` promotes it later (the flow's cancellation and crash hooks call it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from embedsweep.config import Cell, LoadSpec
+from embedsweep.config import Cell, EngineCommand, LoadSpec, PoolSpec, split_engine
 from embedsweep.engines import Launch, server_for
-from embedsweep.engines.process import free_port
+from embedsweep.engines.process import ServerProcess, free_port, port_is_free
 from embedsweep.errors import EmbedsweepError, ModelError, ServerError
 from embedsweep.hub import ModelMeta, is_hub_id, resolve_model
 from embedsweep.preflight import PoolLimits, run_preflight
 from embedsweep.records import LevelSummary, PreflightResult, Reason, RunManifest
 from embedsweep.registry import LiveArchitectures, live_architectures
 
-__all__ = ["CellPlan", "Progress", "preflight_cell", "run_cell", "write_manifest"]
+__all__ = [
+    "CellPlan",
+    "Progress",
+    "engine_command",
+    "finalize_unfinished",
+    "preflight_cell",
+    "run_cell",
+    "write_manifest",
+]
 
 # Called with (load levels just completed, a short description of what runs now).
 Progress = Callable[[int, str], None]
 MAX_DISTINCT_PAYLOADS = 1024
+# After a stop, a device's used memory within this much of its level before the start counts as
+# returned (the driver's own bookkeeping moves a little).
+GPU_MEMORY_SLACK_MIB = 256.0
+CANCELLED_MESSAGE = "the run was stopped before it finished (cancelled, or its process was killed)"
 
 
 @dataclass(frozen=True)
@@ -43,6 +63,14 @@ class CellPlan:
     artifacts: Path
     startup_timeout_s: float = 600.0
     fallback_engine: str | None = None
+    # Placement: the host (a distributed pool's work queue) and the devices to choose from;
+    # None = this machine and the pool's devices. The server gets devices from the host's
+    # file-lock allocator either way, so two cells never share one.
+    host: str | None = None
+    devices: tuple[str, ...] | None = None
+    device_wait_s: float | None = None
+    # Written into each server's pid file, so hooks can stop exactly this run's servers.
+    owner: str = ""
 
     @property
     def cell_id(self) -> str:
@@ -62,15 +90,46 @@ def _pool_limits(cell: Cell) -> PoolLimits:
     )
 
 
-def _engine_version(cell: Cell, engine: str) -> str | None:
-    command = cell.pool.engines.get(engine)  # type: ignore[call-overload]
+def engine_command(pool: PoolSpec, ref: str) -> EngineCommand | None:
+    """How ``pool`` starts engine ``ref`` (``vllm`` or ``vllm@0.33.0``), or None.
+
+    The pool's own entry for ``ref`` wins; a pinned version without one is looked up among the
+    engines installed with ``embedsweep engine install``; an unpinned name uses the pool's entry
+    for the bare name (None: the engine's default command, e.g. ``vllm`` on the PATH).
+    """
+    name, pin = split_engine(ref)
+    if ref in pool.engines:
+        command = pool.engines[ref]
+        return (
+            command if command.version or not pin else command.model_copy(update={"version": pin})
+        )
+    if pin is None:
+        return pool.engines.get(name)
+    from embedsweep import engine_envs
+
+    installed = engine_envs.lookup(name, pin)
+    if installed is not None:
+        return EngineCommand(
+            command=list(installed.command), version=pin, python=str(installed.python)
+        )
+    bare = pool.engines.get(name)
+    if bare is not None and bare.version == pin:
+        return bare
+    return None
+
+
+def _engine_version(cell: Cell, ref: str) -> str | None:
+    pin = split_engine(ref)[1]
+    if pin:
+        return pin
+    command = engine_command(cell.pool, ref)
     return command.version if command else None
 
 
 def _unresolvable(cell: Cell, engine: str, error: ModelError) -> PreflightResult:
     return PreflightResult(
         model=cell.model.display_name,
-        engine=engine,
+        engine=split_engine(engine)[0],
         engine_version=_engine_version(cell, engine),
         architecture=None,
         chunk_size=cell.chunk_size,
@@ -102,14 +161,15 @@ def preflight_cell(
     except ModelError as exc:
         return [_unresolvable(cell, cell.engine, exc)], None
 
-    def check(engine: str, fallback: str | None) -> PreflightResult:
-        command = cell.pool.engines.get(engine)  # type: ignore[call-overload]
-        live = _live(engine, command.python) if command and command.python else None
+    def check(ref: str, fallback: str | None) -> PreflightResult:
+        name = split_engine(ref)[0]
+        command = engine_command(cell.pool, ref)
+        live = _live(name, command.python) if command and command.python else None
         return run_preflight(
             meta,
             model=cell.model.display_name,
-            engine=engine,
-            engine_version=_engine_version(cell, engine),
+            engine=name,
+            engine_version=_engine_version(cell, ref),
             chunk_size=cell.chunk_size,
             pool=_pool_limits(cell),
             trust_remote_code=cell.model.trust_remote_code,
@@ -124,10 +184,10 @@ def preflight_cell(
     return [first, check(first.fallback_engine, None)], meta
 
 
-def write_manifest(run_dir: Path, manifest: RunManifest) -> Path:
+def write_manifest(run_dir: Path, manifest: RunManifest, *, name: str = "run.json") -> Path:
     """Write run.json atomically; its presence marks the run directory complete."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "run.json"
+    path = run_dir / name
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
     os.replace(tmp, path)
@@ -154,7 +214,7 @@ def _manifest(
         "model": cell.model.display_name,
         "model_ref": cell.model.source,
         "engine": engine,
-        "planned_engine": cell.engine,
+        "planned_engine": cell.engine_name,
         "pool": pool.name,
         "gpu_model": pool.gpu_model,
         "gpu_count": pool.tensor_parallel_size,
@@ -167,6 +227,7 @@ def _manifest(
         "started_at": started_at,
         "finished_at": _now(),
         "preflight": checks,
+        "host": plan.host or socket.gethostname(),
     }
     base.update(fields)
     return RunManifest.model_validate(base)
@@ -187,27 +248,78 @@ def _calibrated_payloads(
     return payloads, plan.cell.chunk_size * load.batch_size
 
 
-def _measure(
-    plan: CellPlan,
-    meta: ModelMeta,
-    final: PreflightResult,
-    run_dir: Path,
-    run_id: str,
-    progress: Progress | None,
-) -> tuple[list[LevelSummary], float]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+@dataclass
+class _Measured:
+    """What a measured run adds to its manifest (filled in as the run goes)."""
 
-    from embedsweep.loadgen import run_level_sync
-    from embedsweep.metrics import summarize
+    levels: list[LevelSummary]
+    time_to_healthy_s: float | None = None
+    devices: tuple[str, ...] = ()
+    port_released: bool | None = None
+    gpu_memory_released: bool | None = None
 
-    cell, load = plan.cell, plan.load
-    served_name = cell.model.display_name
-    payloads, expected = _calibrated_payloads(meta, plan, served_name)
-    command = cell.pool.engines.get(final.engine)  # type: ignore[call-overload]
-    launch = Launch(
+    def fields(self) -> dict[str, object]:
+        return {
+            "devices": list(self.devices),
+            "port_released": self.port_released,
+            "gpu_memory_released": self.gpu_memory_released,
+        }
+
+
+def _level_failure(records: object, concurrency: int) -> ServerError | None:
+    """A level where no request succeeded although the server is up: the first error body says
+    why (a 400 context message → ``context_overflow``, …); None when something succeeded."""
+    from embedsweep.diagnose import diagnose_error_body
+    from embedsweep.loadgen import LevelRecords
+
+    assert isinstance(records, LevelRecords)
+    status = records.status
+    if len(status) == 0 or bool(((status >= 200) & (status < 300)).any()):
+        return None
+    first = next((i for i, e in enumerate(records.error) if e), 0)
+    code, error = int(status[first]), records.error[first] or ""
+    found = diagnose_error_body(code, error) if code else None
+    cause = found.cause if found else "server_crashed"
+    what = f"HTTP {code}" if code else "no response"
+    return ServerError(
+        f"every request at concurrency {concurrency} failed ({what}): {error[:300]}",
+        code=cause,
+    )
+
+
+def _memory_returned(devices: tuple[str, ...], before: dict[str, float] | None) -> bool | None:
+    from embedsweep.telemetry import memory_used_mib
+
+    if before is None:
+        return None
+    deadline = time.monotonic() + 10.0
+    while True:
+        after = memory_used_mib(devices)
+        if after is None:
+            return None
+        if all(after.get(d, 0.0) <= before.get(d, 0.0) + GPU_MEMORY_SLACK_MIB for d in devices):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
+def _launch(
+    plan: CellPlan, meta: ModelMeta, final: PreflightResult, devices: tuple[str, ...]
+) -> Launch:
+    cell = plan.cell
+    ref = cell.engine if final.engine == cell.engine_name else final.engine
+    command = engine_command(cell.pool, ref)
+    if command is None and split_engine(ref)[1]:
+        name, pin = split_engine(ref)
+        raise ServerError(
+            f"{ref} is not installed (embedsweep engine install {name}=={pin}) and pool "
+            f"{cell.pool.name!r} names no command for it",
+            code="engine_not_installed",
+        )
+    return Launch(
         model_path=cell.model.source if is_hub_id(cell.model.source) else meta.path,
-        served_name=served_name,
+        served_name=cell.model.display_name,
         port=free_port(),
         api_key=secrets.token_urlsafe(24),
         max_input_tokens=final.max_input_tokens or cell.chunk_size,
@@ -216,53 +328,145 @@ def _measure(
         trust_remote_code=cell.model.trust_remote_code,
         tensor_parallel_size=cell.pool.tensor_parallel_size,
         gpu_memory_utilization=cell.pool.gpu_memory_utilization,
-        devices=tuple(cell.pool.devices),
+        devices=devices,
         command=tuple(command.command) if command else (),
         version=final.engine_version,
         env=dict(command.env) if command else {},
     )
-    server = server_for(final.engine, launch, run_dir / "server.log")
-    summaries: list[LevelSummary] = []
+
+
+def _measure(
+    plan: CellPlan,
+    meta: ModelMeta,
+    final: PreflightResult,
+    run_dir: Path,
+    run_id: str,
+    progress: Progress | None,
+    out: _Measured,
+) -> None:
+    from embedsweep.gpus import DeviceAllocator, resolve_devices
+
+    cell = plan.cell
+    devices = resolve_devices(list(plan.devices or cell.pool.devices))
+    if progress:
+        progress(0, f"{cell.label}: waiting for a device")
+    with DeviceAllocator().acquire(
+        devices,
+        cell.pool.tensor_parallel_size,
+        owner=f"{plan.owner or plan.sweep_run_id} {cell.label}",
+        timeout_s=plan.device_wait_s,
+    ) as allocation:
+        out.devices = tuple(allocation.devices)
+        _serve_and_load(plan, meta, final, run_dir, run_id, progress, out)
+
+
+def _serve_and_load(
+    plan: CellPlan,
+    meta: ModelMeta,
+    final: PreflightResult,
+    run_dir: Path,
+    run_id: str,
+    progress: Progress | None,
+    out: _Measured,
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedsweep.loadgen import run_level_sync
+    from embedsweep.metrics import summarize
+    from embedsweep.telemetry import GpuTelemetry, memory_used_mib
+
+    cell, load = plan.cell, plan.load
+    payloads, expected = _calibrated_payloads(meta, plan, cell.model.display_name)
+    launch = _launch(plan, meta, final, out.devices)
+    gpu = launch.devices != ("cpu",)
+    memory_before = memory_used_mib(launch.devices) if gpu else None
+    server = server_for(final.engine, launch, run_dir / "server.log", owner=plan.owner)
     tables = []
-    with server:
-        if progress:
-            progress(0, f"{cell.label}: starting {final.engine}")
-        time_to_healthy = server.wait_healthy(plan.startup_timeout_s)
-        for concurrency in load.concurrency:
+    telemetry = GpuTelemetry(launch.devices if gpu else ())
+    try:
+        with server:
             if progress:
-                progress(0, f"{cell.label}: concurrency {concurrency}")
-            records = run_level_sync(
-                server.url,
-                payloads,
-                expected,
-                concurrency=concurrency,
-                requests=load.requests,
-                duration_s=load.duration_s,
-                warmup=load.warmup_requests,
-                timeout_s=load.request_timeout_s,
-                api_key=launch.api_key,
-            )
-            summaries.append(
-                summarize(
+                progress(0, f"{cell.label}: starting {final.engine}")
+            out.time_to_healthy_s = server.wait_healthy(plan.startup_timeout_s)
+            for concurrency in load.concurrency:
+                if progress:
+                    progress(0, f"{cell.label}: concurrency {concurrency}")
+                when = f"during the load at concurrency {concurrency}"
+                try:
+                    with telemetry.level(concurrency):
+                        records = run_level_sync(
+                            server.url,
+                            payloads,
+                            expected,
+                            concurrency=concurrency,
+                            requests=load.requests,
+                            duration_s=load.duration_s,
+                            warmup=load.warmup_requests,
+                            timeout_s=load.request_timeout_s,
+                            api_key=launch.api_key,
+                        )
+                except EmbedsweepError:
+                    code = server.exited()
+                    if code is not None:
+                        raise server.exit_error(code, when, tail_lines=20) from None
+                    raise
+                code = server.exited()
+                if code is not None:
+                    raise server.exit_error(code, when, tail_lines=20)
+                failure = _level_failure(records, concurrency)
+                if failure is not None:
+                    raise failure
+                summary = summarize(
                     records,
                     batch_size=load.batch_size,
                     cost_per_gpu_hour=cell.pool.cost_per_gpu_hour,
                     gpu_count=cell.pool.tensor_parallel_size,
                 )
-            )
-            tables.append(records.to_arrow(run_id))
-            if progress:
-                progress(1, f"{cell.label}: concurrency {concurrency} done")
-            if server.proc is not None and server.proc.poll() is not None:
-                raise ServerError(
-                    f"server exited with code {server.proc.returncode} during the load",
-                    code="server_crashed",
-                )
-    table = pa.concat_tables(tables)
-    tmp = run_dir / "requests.parquet.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, run_dir / "requests.parquet")
-    return summaries, time_to_healthy
+                gpu_summary = telemetry.summary(concurrency)
+                out.levels.append(summary.model_copy(update=gpu_summary))
+                tables.append(records.to_arrow(run_id))
+                if progress:
+                    progress(1, f"{cell.label}: concurrency {concurrency} done")
+    finally:
+        telemetry.close()
+        out.port_released = _released(server)
+        out.gpu_memory_released = _memory_returned(launch.devices, memory_before) if gpu else None
+    _write_table(pa.concat_tables(tables), run_dir / "requests.parquet", pq)
+    samples = telemetry.to_arrow(run_id)
+    if samples.num_rows:
+        _write_table(samples, run_dir / "telemetry.parquet", pq)
+
+
+def _released(server: ServerProcess) -> bool | None:
+    if server.proc is None:
+        return None
+    return port_is_free(server.host, server.port)
+
+
+def _write_table(table: object, path: Path, pq: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)  # type: ignore[attr-defined]
+    os.replace(tmp, path)
+
+
+def finalize_unfinished(sweep_dir: Path) -> list[Path]:
+    """Promote every ``pending.json`` under ``sweep_dir`` whose run never wrote ``run.json``
+    (its process was cancelled or killed) to that run's ``run.json`` (status ``cancelled``).
+    Returns the run directories finalized; call it after the run's servers are stopped."""
+    done: list[Path] = []
+    if not sweep_dir.is_dir():
+        return done
+    for pending in sorted(sweep_dir.glob("*/pending.json")):
+        run_dir = pending.parent
+        if (run_dir / "run.json").exists():
+            with contextlib.suppress(FileNotFoundError):
+                pending.unlink()
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(pending, run_dir / "run.json")
+            done.append(run_dir)
+    return done
 
 
 def run_cell(
@@ -276,63 +480,71 @@ def run_cell(
 
     With ``raise_transient`` a transient server failure (port taken, start-up timeout) is raised
     instead of recorded, so a caller with retries can try again. ``checked`` is this cell's
-    :func:`preflight_cell` answer when the caller already has it.
+    :func:`preflight_cell` answer when the caller already has it. An interrupt (KeyboardInterrupt,
+    SystemExit, Prefect's cancellation) records the run ``cancelled`` and is re-raised.
     """
     run_id = uuid.uuid4().hex
     run_dir = plan.artifacts / plan.sweep_run_id / run_id
     started_at = _now()
     checks, meta = checked or preflight_cell(plan.cell, fallback_engine=plan.fallback_engine)
     final = checks[-1]
-    if final.verdict == "blocked" or meta is None:
-        blocking = final.blocking or checks[0].blocking
-        manifest = _manifest(
+
+    def manifest(status: str, **fields: object) -> RunManifest:
+        return _manifest(
             plan,
             run_id=run_id,
             engine=final.engine,
             checks=checks,
             started_at=started_at,
-            status="blocked",
+            status=status,
+            **fields,
+        )
+
+    if final.verdict == "blocked" or meta is None:
+        blocking = final.blocking or checks[0].blocking
+        result = manifest(
+            "blocked",
             reason=blocking[0].code if blocking else "unknown",
             message="; ".join(r.message for r in blocking) or None,
         )
-        write_manifest(run_dir, manifest)
-        return manifest
+        write_manifest(run_dir, result)
+        return result
+
+    pending = manifest("cancelled", reason="cancelled", message=CANCELLED_MESSAGE)
+    write_manifest(run_dir, pending, name="pending.json")
+    out = _Measured(levels=[])
     try:
-        levels, time_to_healthy = _measure(plan, meta, final, run_dir, run_id, progress)
+        _measure(plan, meta, final, run_dir, run_id, progress, out)
     except ServerError as exc:
         if exc.transient and raise_transient:
+            # Retried as a new run; this directory keeps its server.log but is not a run.
+            _discard_pending(run_dir)
             raise
-        manifest = _manifest(
-            plan,
-            run_id=run_id,
-            engine=final.engine,
-            checks=checks,
-            started_at=started_at,
-            status="failed",
-            reason=exc.code,
-            message=exc.message,
-        )
+        result = manifest("failed", reason=exc.code, message=exc.message, **out.fields())
     except EmbedsweepError as exc:
-        manifest = _manifest(
-            plan,
-            run_id=run_id,
-            engine=final.engine,
-            checks=checks,
-            started_at=started_at,
-            status="failed",
-            reason=exc.code,
-            message=exc.message,
+        result = manifest("failed", reason=exc.code, message=exc.message, **out.fields())
+    except Exception:
+        raise
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM, Prefect's cancellation): record it, then let it go on.
+        write_manifest(
+            run_dir,
+            manifest("cancelled", reason="cancelled", message=CANCELLED_MESSAGE, **out.fields()),
         )
+        _discard_pending(run_dir)
+        raise
     else:
-        manifest = _manifest(
-            plan,
-            run_id=run_id,
-            engine=final.engine,
-            checks=checks,
-            started_at=started_at,
-            status="ok",
-            levels=levels,
-            time_to_healthy_s=time_to_healthy,
+        result = manifest(
+            "ok",
+            levels=out.levels,
+            time_to_healthy_s=out.time_to_healthy_s,
+            **out.fields(),
         )
-    write_manifest(run_dir, manifest)
-    return manifest
+    write_manifest(run_dir, result)
+    _discard_pending(run_dir)
+    return result
+
+
+def _discard_pending(run_dir: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (run_dir / "pending.json").unlink()

@@ -54,6 +54,19 @@ _STATEMENT_HEADER = re.compile(r"^--\s*name:\s*([a-z_]+)\s*$")
 # The name requests.parquet is registered under for the length of one ingest; statements.sql
 # reads from it.
 _INCOMING_REQUESTS = "incoming_requests"
+_INCOMING_SAMPLES = "incoming_gpu_samples"
+# telemetry.parquet columns (embedsweep.telemetry writes them).
+_SAMPLE_COLUMNS = (
+    "run_id",
+    "concurrency",
+    "device",
+    "t_ms",
+    "gpu_util_pct",
+    "mem_util_pct",
+    "mem_used_mib",
+    "mem_total_mib",
+    "power_w",
+)
 # requests.parquet columns newer than the first release: a file without them is still valid.
 _SCHEDULED = "scheduled_ns"
 _ADDED_LATER = frozenset({_SCHEDULED})
@@ -314,6 +327,10 @@ def _run_row(manifest: RunManifest, path: Path) -> list[object]:
         _timestamp(m.started_at, "started_at", path),
         _timestamp(m.finished_at, "finished_at", path),
         _now(),
+        m.host,
+        ",".join(m.devices) or None,
+        m.port_released,
+        m.gpu_memory_released,
     ]
 
 
@@ -364,6 +381,9 @@ def _result_rows(manifest: RunManifest) -> list[list[object]]:
             level.lag_p99_ms,
             level.lag_max_ms,
             level.unsent,
+            level.gpu_util_mean_pct,
+            level.gpu_mem_used_max_mib,
+            level.gpu_power_mean_w,
         ]
         for level in manifest.levels
     ]
@@ -385,6 +405,7 @@ def _write_run(
     manifest: RunManifest,
     run_row: list[object],
     requests_path: Path | None,
+    samples: pa.Table | None = None,
 ) -> bool:
     con.begin()
     try:
@@ -400,6 +421,8 @@ def _write_run(
         results = _result_rows(manifest)
         if results:
             con.executemany(_statement("insert_result"), results)
+        if samples is not None:
+            con.execute(_statement("insert_gpu_samples"))
         if requests_path is not None:
             # Arrow in, one set-based INSERT: executemany per row is ~1,000x slower.
             try:
@@ -427,22 +450,43 @@ def ingest_run(con: duckdb.DuckDBPyConnection, run_dir: Path) -> bool:
     run_row = _run_row(manifest, manifest_path)
     if _run_exists(con, manifest.run_id):
         return False
-    requests_path = run_dir / "requests.parquet"
-    if not requests_path.exists():
-        return _write_run(con, manifest, run_row, None)
-    requests = _read_requests(requests_path)
-    # Registered outside the transaction: unregistering inside an aborted one is refused.
-    con.register(_INCOMING_REQUESTS, requests)
+    samples = _read_samples(run_dir / "telemetry.parquet")
+    if samples is not None:
+        con.register(_INCOMING_SAMPLES, samples)
     try:
-        # Checked before the transaction opens: a mixed-up file is refused untouched.
-        foreign = _scalar(con, "foreign_request_rows", [manifest.run_id])
-        if foreign:
-            raise _invalid(
-                requests_path, f"{foreign} row(s) do not belong to run {manifest.run_id}"
-            )
-        return _write_run(con, manifest, run_row, requests_path)
+        requests_path = run_dir / "requests.parquet"
+        if not requests_path.exists():
+            return _write_run(con, manifest, run_row, None, samples)
+        requests = _read_requests(requests_path)
+        # Registered outside the transaction: unregistering inside an aborted one is refused.
+        con.register(_INCOMING_REQUESTS, requests)
+        try:
+            # Checked before the transaction opens: a mixed-up file is refused untouched.
+            foreign = _scalar(con, "foreign_request_rows", [manifest.run_id])
+            if foreign:
+                raise _invalid(
+                    requests_path, f"{foreign} row(s) do not belong to run {manifest.run_id}"
+                )
+            return _write_run(con, manifest, run_row, requests_path, samples)
+        finally:
+            con.unregister(_INCOMING_REQUESTS)
     finally:
-        con.unregister(_INCOMING_REQUESTS)
+        if samples is not None:
+            con.unregister(_INCOMING_SAMPLES)
+
+
+def _read_samples(path: Path) -> pa.Table | None:
+    """NVML samples of a run (``telemetry.parquet``; absent on machines without a GPU)."""
+    if not path.exists():
+        return None
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise _invalid(path, _first_line(exc)) from exc
+    missing = [c for c in _SAMPLE_COLUMNS if c not in table.column_names]
+    if missing:
+        raise _invalid(path, f"missing column(s) {', '.join(missing)}")
+    return table.select(list(_SAMPLE_COLUMNS))
 
 
 def ingest_runs(con: duckdb.DuckDBPyConnection, run_dirs: Iterable[Path]) -> int:

@@ -21,6 +21,11 @@ os.environ.setdefault("PREFECT_HOME", _prefect_home)
 os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", os.path.join(_prefect_home, "results"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+# Engine pid files, device locks and installed engines of a test run stay out of the host's own.
+_state = tempfile.mkdtemp(prefix="embedsweep-state-")
+os.environ.setdefault("EMBEDSWEEP_STATE_DIR", _state)
+os.environ.setdefault("EMBEDSWEEP_LOCK_DIR", os.path.join(_state, "locks"))
+os.environ.setdefault("EMBEDSWEEP_ENGINES_ROOT", os.path.join(_state, "engines"))
 
 
 def pytest_report_header() -> list[str]:

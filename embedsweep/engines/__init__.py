@@ -32,9 +32,9 @@ def adapter_for(engine: str) -> EngineAdapter:
         raise ValueError(f"unknown engine {engine!r} (known: {', '.join(ADAPTERS)})") from None
 
 
-def server_for(engine: str, launch: Launch, log_path: Path) -> ServerProcess:
+def server_for(engine: str, launch: Launch, log_path: Path, owner: str = "") -> ServerProcess:
     """A supervised (not yet started) server for ``launch`` on ``engine``; the API key and
-    HF_TOKEN are redacted from what it logs."""
+    HF_TOKEN are redacted from what it logs; ``owner`` goes into its pid file (see pidfiles)."""
     adapter = adapter_for(engine)
     return ServerProcess(
         adapter.command(launch),
@@ -43,4 +43,5 @@ def server_for(engine: str, launch: Launch, log_path: Path) -> ServerProcess:
         host=launch.host,
         port=launch.port,
         secrets=(launch.api_key, os.environ.get("HF_TOKEN", "")),
+        owner=owner,
     )

@@ -20,9 +20,10 @@ from pathlib import Path
 from types import TracebackType
 
 from embedsweep.diagnose import diagnose_log
+from embedsweep.engines import pidfiles
 from embedsweep.errors import ServerError
 
-__all__ = ["ServerProcess", "free_port", "tail"]
+__all__ = ["ServerProcess", "free_port", "port_is_free", "tail"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -30,6 +31,23 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def port_is_free(host: str, port: int, timeout_s: float = 5.0) -> bool:
+    """Whether ``port`` can be bound again within ``timeout_s`` (a stopped server released it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                pass
+            else:
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
 
 
 def tail(path: Path, lines: int = 20) -> list[str]:
@@ -55,8 +73,10 @@ class ServerProcess:
         host: str,
         port: int,
         secrets: tuple[str, ...] = (),
+        owner: str = "",
     ) -> None:
         self.argv = argv
+        self.owner = owner
         self.env = env
         self.log_path = log_path
         self.host = host
@@ -91,6 +111,12 @@ class ServerProcess:
                 raise ServerError(
                     f"engine command not found: {self.argv[0]}", code="engine_not_installed"
                 ) from None
+        pidfiles.write(
+            self.proc.pid,
+            port=self.port,
+            owner=self.owner,
+            command=self.redact(shlex.join(self.argv))[:500],
+        )
 
     def _healthy(self) -> bool:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=2)
@@ -121,7 +147,14 @@ class ServerProcess:
             time.sleep(0.25)
 
     def _exit_error(self, exit_code: int) -> ServerError:
-        """Why the server died before it was healthy, from its own log (see ``diagnose``)."""
+        return self.exit_error(exit_code, "before becoming healthy")
+
+    def exit_error(self, exit_code: int, when: str, *, tail_lines: int = 0) -> ServerError:
+        """Why the server died (``when`` says at what point), from its own log (``diagnose``).
+
+        Transient only for causes that may pass (a port taken between choosing and binding it);
+        with ``tail_lines`` the last lines of the log follow the evidence in the message.
+        """
         found = diagnose_log(self.log_path)
         cause = "server_crashed" if found.cause == "unknown" else found.cause
         if found.evidence:
@@ -129,11 +162,12 @@ class ServerProcess:
         else:
             last = tail(self.log_path, 1)
             detail = self.redact(last[-1]) if last else "no output"
-        return ServerError(
-            f"server exited with code {exit_code} before becoming healthy: {detail}",
-            code=cause,
-            transient=found.transient,
-        )
+        how = f"killed by signal {-exit_code}" if exit_code < 0 else f"exited with code {exit_code}"
+        message = f"server {how} {when}: {detail}"
+        if tail_lines:
+            lines = [self.redact(line) for line in tail(self.log_path, tail_lines)]
+            message += "\n--- server.log (last lines) ---\n" + "\n".join(lines)
+        return ServerError(message, code=cause, transient=found.transient)
 
     def stop(self, grace_s: float = 15.0) -> int | None:
         """Stop the whole process group; returns the server's exit code."""
@@ -149,7 +183,12 @@ class ServerProcess:
                 proc.wait(timeout=grace_s)
         # Workers an engine forked may outlive the leader: sweep the group once more.
         self._signal(signal.SIGKILL)
+        pidfiles.remove(proc.pid)
         return proc.returncode
+
+    def exited(self) -> int | None:
+        """The exit code if the server has exited, else None."""
+        return None if self.proc is None else self.proc.poll()
 
     def _signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -33,8 +33,9 @@ SELECT count(*) FROM runs WHERE run_id = ?;
 INSERT INTO runs (
     run_id, sweep_run_id, sweep_name, cell_id, model, model_ref, engine, planned_engine, pool,
     gpu_model, gpu_count, cost_per_gpu_hour, chunk_size, batch_size, status, reason, message,
-    engine_version, max_input_tokens, time_to_healthy_s, seed, started_at, finished_at, ingested_at
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+    engine_version, max_input_tokens, time_to_healthy_s, seed, started_at, finished_at, ingested_at,
+    host, devices, port_released, gpu_memory_released
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: insert_preflight_reason
 INSERT INTO preflight_reasons (
@@ -47,10 +48,11 @@ INSERT INTO results (
     run_id, concurrency, requests, ok, errors, errors_by_cause, duration_s, throughput_rps,
     inputs_per_s, input_tokens_per_s, latency_mean_ms, p50_ms, p90_ms, p95_ms, p99_ms, max_ms,
     prompt_tokens_mismatch, achieved_concurrency, valid, cost_per_million_tokens,
-    mode, offered_rps, lag_mean_ms, lag_p99_ms, lag_max_ms, unsent
+    mode, offered_rps, lag_mean_ms, lag_p99_ms, lag_max_ms, unsent,
+    gpu_util_mean_pct, gpu_mem_used_max_mib, gpu_power_mean_w
 ) VALUES (
     ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-    ?, ?, ?, ?, ?, ?
+    ?, ?, ?, ?, ?, ?, ?, ?, ?
 );
 
 -- name: foreign_request_rows
@@ -68,6 +70,16 @@ SELECT
     run_id, concurrency, seq, start_ns, coalesce(scheduled_ns, start_ns), latency_ns, status,
     prompt_tokens, expected_tokens, error
 FROM incoming_requests;
+
+-- name: insert_gpu_samples
+INSERT INTO gpu_samples (
+    run_id, concurrency, device, t_ms, gpu_util_pct, mem_util_pct, mem_used_mib, mem_total_mib,
+    power_w
+)
+SELECT
+    run_id, concurrency, device, t_ms, gpu_util_pct, mem_util_pct, mem_used_mib, mem_total_mib,
+    power_w
+FROM incoming_gpu_samples;
 
 -- name: report_rows
 -- Bound twice with the sweep run id: NULL gives the latest run of every cell across all sweeps,

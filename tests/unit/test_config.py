@@ -49,7 +49,7 @@ def _mutate(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("colour", "blue", "colour: unknown key"),
         ("load.concurrency", [1, -4], "load.concurrency[1]: Input should be greater than 0"),
         ("load.chunk_sizes", "many", "load.chunk_sizes: Input should be a valid list"),
-        ("engines", ["hf", "tgi"], "engines[1]: Input should be 'vllm', 'sglang' or 'hf'"),
+        ("engines", ["hf", "tgi"], "engines[1]: unknown engine 'tgi' (known: vllm, sglang, hf"),
         (
             "models.0.source",
             "./no/such/model",

@@ -32,6 +32,8 @@ EVIDENCE: dict[str, str | None] = {
     "engine_not_installed__no_module_sglang.log": "No module named 'sglang'",
     "exceeds_context__vllm033_max_model_len.log": "User-specified max_model_len (1024)",
     "gated_model__vllm033_hub_gated.log": "Cannot access gated repo for url",
+    "invalid_model_files__hf_missing_weights.log": "Error no file named model.safetensors",
+    "invalid_model_files__hf_truncated_safetensors.log": "Error while deserializing header",
     "model_not_found__sglang05_not_a_model_identifier.log": "/models/bge-m4 is not a local",
     "model_not_found__vllm010_hub_missing.log": "Repository Not Found for url",
     "out_of_memory__sglang05_mem_fraction_static.log": "RuntimeError: Not enough memory.",

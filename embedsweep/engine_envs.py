@@ -1,0 +1,378 @@
+"""Isolated environments for engine versions: ``vllm==0.33.0`` gets its own venv under a root.
+
+vLLM and SGLang pin their own torch and CUDA stacks, so they never live in embedsweep's own
+environment, and two versions never share one: each ``ENGINE==VERSION`` is installed into
+``<root>/<engine>-<version>/`` and recorded in ``<root>/engines.json``, so a pool can name
+``vllm@0.33.0`` and ``vllm@0.32.0`` side by side and start each by its recorded command.
+
+A venv is not relocatable (its scripts embed absolute paths), so it is built at its final path
+rather than renamed into place. What makes an install all-or-nothing is the record: it is written
+last, after pip succeeded and the environment reported the requested version; a failed or
+interrupted install removes its directory, and a directory without a record (left by a killed
+install) is treated as debris and replaced by the next install of that version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from embedsweep.errors import ConfigError, EmbedsweepError
+
+__all__ = [
+    "ENGINES",
+    "InstalledEngine",
+    "engines_root",
+    "install",
+    "installed",
+    "lookup",
+    "parse_requirement",
+    "remove",
+]
+
+ENGINES = ("vllm", "sglang")
+ROOT_ENV = "EMBEDSWEEP_ENGINES_ROOT"
+REGISTRY_FILE = "engines.json"
+_LOCK_FILE = ".engines.lock"
+# Credentials in an index URL (https://user:token@host/...) never reach the install log.
+_URL_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
+_VERSION_PROBE = "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))"
+
+
+def engines_root() -> Path:
+    """``$EMBEDSWEEP_ENGINES_ROOT``, else ``~/.local/share/embedsweep/engines``."""
+    configured = os.environ.get(ROOT_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".local" / "share" / "embedsweep" / "engines"
+
+
+def _root(root: Path | str | None) -> Path:
+    return Path(root).expanduser() if root is not None else engines_root()
+
+
+def _parse(spec: str) -> tuple[str, str, str]:
+    """(engine, version, the requirement to hand pip) of ``ENGINE[EXTRAS]==VERSION``."""
+    hint = "give ENGINE==VERSION with ENGINE vllm or sglang, e.g. vllm==0.33.0"
+    try:
+        req = Requirement(spec.strip())
+    except InvalidRequirement:
+        raise ConfigError(f"{spec!r} is not a requirement: {hint}") from None
+    engine = canonicalize_name(req.name)
+    if engine not in ENGINES:
+        raise ConfigError(f"{spec!r}: unknown engine {req.name!r}: {hint}")
+    if req.url or req.marker:
+        raise ConfigError(f"{spec!r}: URLs and markers are not supported: {hint}")
+    specifiers = list(req.specifier)
+    if len(specifiers) != 1 or specifiers[0].operator != "==" or "*" in specifiers[0].version:
+        raise ConfigError(f"{spec!r}: an exact version is required: {hint}")
+    try:
+        version = str(Version(specifiers[0].version))
+    except InvalidVersion:
+        raise ConfigError(f"{spec!r}: {specifiers[0].version!r} is not a version") from None
+    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    return engine, version, f"{engine}{extras}=={version}"
+
+
+def parse_requirement(spec: str) -> tuple[str, str]:
+    """``vllm==0.33.0`` → ``("vllm", "0.33.0")``; anything but an exact vllm/sglang pin is a
+    ConfigError (extras such as ``sglang[all]==0.5.3`` are allowed and passed on to pip)."""
+    engine, version, _ = _parse(spec)
+    return engine, version
+
+
+def _command(engine: str, prefix: Path) -> list[str]:
+    if engine == "vllm":
+        return [str(prefix / "bin" / "vllm")]
+    return [str(prefix / "bin" / "python"), "-m", "sglang.launch_server"]
+
+
+@dataclass(frozen=True)
+class InstalledEngine:
+    """One recorded engine environment; ``command`` is what an adapter puts before its args."""
+
+    engine: str
+    version: str
+    prefix: str
+    python: str
+    command: list[str] = field(hash=False)
+    installed_at: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.engine}@{self.version}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "version": self.version,
+            "prefix": self.prefix,
+            "python": self.python,
+            "command": list(self.command),
+            "installed_at": self.installed_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InstalledEngine:
+        return cls(
+            engine=str(data["engine"]),
+            version=str(data["version"]),
+            prefix=str(data["prefix"]),
+            python=str(data["python"]),
+            command=[str(c) for c in data["command"]],
+            installed_at=str(data["installed_at"]),
+        )
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on PATH: two installs at once must not lose each other's record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _read_registry(root: Path) -> dict[str, Any]:
+    path = root / REGISTRY_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise EmbedsweepError(f"{path}: cannot read the engine records ({exc})") from None
+    if not isinstance(data, dict):
+        raise EmbedsweepError(f"{path}: the engine records are not a JSON object")
+    return data
+
+
+def _write_registry(root: Path, data: dict[str, Any]) -> None:
+    # Written whole to a temporary file and renamed over: a reader never sees half a file.
+    fd, tmp = tempfile.mkstemp(prefix=".engines.", suffix=".json.tmp", dir=root)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=2, sort_keys=True)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, root / REGISTRY_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _update_registry(root: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    with _locked(root / _LOCK_FILE):
+        data = _read_registry(root)
+        change(data)
+        _write_registry(root, data)
+
+
+def installed(root: Path | str | None = None) -> dict[str, InstalledEngine]:
+    """Every recorded environment under ROOT, by ref (``vllm@0.33.0``)."""
+    data = _read_registry(_root(root))
+    try:
+        return {ref: InstalledEngine.from_dict(rec) for ref, rec in sorted(data.items())}
+    except (KeyError, TypeError) as exc:
+        path = _root(root) / REGISTRY_FILE
+        raise EmbedsweepError(f"{path}: malformed engine record ({exc})") from None
+
+
+def lookup(engine: str, version: str, root: Path | str | None = None) -> InstalledEngine | None:
+    """The environment of ENGINE at VERSION (``0.33`` finds ``0.33.0``), or None."""
+    records = installed(root)
+    exact = records.get(f"{engine}@{version}")
+    if exact is not None:
+        return exact
+    try:
+        wanted = Version(version)
+    except InvalidVersion:
+        return None
+    for record in records.values():
+        with contextlib.suppress(InvalidVersion):
+            if record.engine == engine and Version(record.version) == wanted:
+                return record
+    return None
+
+
+def remove(ref: str, root: Path | str | None = None) -> None:
+    """Forget REF (``vllm@0.33.0``) and delete its environment."""
+    base = _root(root)
+    engine, sep, version = ref.partition("@")
+    record = lookup(engine, version, base) if sep else None
+    if record is None:
+        raise ConfigError(f"no engine {ref!r} is installed under {base}")
+    with _locked(base / f".{engine}-{record.version}.lock"):
+        _update_registry(base, lambda data: data.pop(record.ref, None))
+        shutil.rmtree(record.prefix, ignore_errors=True)
+
+
+def _clean_env() -> dict[str, str]:
+    # The new environment must see only itself: a PYTHONPATH could make the version probe find
+    # some other vllm.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [
+            ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
+        ]
+    except OSError:
+        return "(no log)"
+    return next((ln for ln in reversed(lines) if ln), "(empty log)")
+
+
+def _run_logged(
+    argv: list[str], log: Path, progress: Callable[[str], None] | None, what: str
+) -> None:
+    """Run ARGV with its output appended to LOG (and each line to PROGRESS); raise on failure."""
+    with log.open("a", encoding="utf-8") as out:
+        out.write("$ " + _URL_CREDENTIALS.sub(r"\1***@", " ".join(argv)) + "\n")
+        out.flush()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=_clean_env(),
+                text=True,
+                errors="replace",
+            )
+        except OSError as exc:
+            raise EmbedsweepError(
+                f"{what} failed: cannot run {argv[0]}: {exc.strerror or exc}",
+                code="engine_install_failed",
+            ) from None
+        with proc:  # closes the pipe and reaps the child however this ends
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    out.write(line)
+                    if progress is not None:
+                        progress(line.rstrip("\n"))
+                rc = proc.wait()
+            except BaseException:
+                proc.kill()
+                raise
+    if rc != 0:
+        raise EmbedsweepError(
+            f"{what} failed (exit {rc}); see {log}: {_last_line(log)}", code="engine_install_failed"
+        )
+
+
+def _installed_version(env_python: Path, engine: str) -> Version | None:
+    """The version of ENGINE's distribution as the new environment itself reports it."""
+    try:
+        probe = subprocess.run(
+            [str(env_python), "-c", _VERSION_PROBE, engine],
+            capture_output=True,
+            text=True,
+            env=_clean_env(),
+            timeout=120,
+            check=False,
+        )
+        return Version(probe.stdout.strip()) if probe.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, InvalidVersion):
+        return None
+
+
+def install(
+    spec: str,
+    *,
+    root: Path | str | None = None,
+    pip_args: Sequence[str] = (),
+    python: str = sys.executable,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> InstalledEngine:
+    """Install SPEC (``vllm==0.33.0``) into its own venv under ROOT and record it.
+
+    PIP_ARGS go to ``pip install`` as given (``--index-url``, ``--extra-index-url`` for CUDA
+    wheels, ``--find-links DIR``, ``--no-index``). PYTHON is the interpreter the venv is made
+    from (the engine may not support embedsweep's own). pip's output goes to
+    ``<root>/<engine>-<version>.install.log``; PROGRESS, if given, also gets each line.
+    Raises ConfigError for a bad SPEC or an existing install without FORCE, and
+    EmbedsweepError (code ``engine_install_failed``) when the install fails, leaving nothing.
+    """
+    engine, version, requirement = _parse(spec)
+    base = _root(root)
+    ref = f"{engine}@{version}"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the engines root {base}: {exc.strerror or exc}") from None
+    prefix = base / f"{engine}-{version}"
+    log = base / f"{engine}-{version}.install.log"
+    # One install of a version at a time; a second waits, then finds the first one's record.
+    with _locked(base / f".{engine}-{version}.lock"):
+        if lookup(engine, version, base) is not None:
+            if not force:
+                raise ConfigError(f"{ref} is already installed in {prefix} (--force replaces it)")
+            _update_registry(base, lambda data: data.pop(ref, None))
+        if prefix.exists() or prefix.is_symlink():
+            # No record (or a forced replace): what lies there is not a usable environment.
+            shutil.rmtree(prefix)
+        log.write_text(f"# embedsweep engine install {requirement} → {prefix}\n", encoding="utf-8")
+
+        def say(message: str) -> None:
+            if progress is not None:
+                progress(message)
+
+        try:
+            say(f"creating the environment {prefix}")
+            _run_logged([python, "-m", "venv", str(prefix)], log, progress, "creating the venv")
+            env_python = prefix / "bin" / "python"
+            say(f"installing {requirement} (log: {log})")
+            pip = [str(env_python), "-m", "pip", "install", requirement, *pip_args]
+            _run_logged(pip, log, progress, f"pip install {requirement}")
+            found = _installed_version(env_python, engine)
+            if found is None:
+                raise EmbedsweepError(
+                    f"{engine} is not installed in {prefix} after pip (see {log})",
+                    code="engine_install_failed",
+                )
+            if found != Version(version):
+                raise EmbedsweepError(
+                    f"asked for {engine}=={version} but pip installed {found} (see {log})",
+                    code="engine_install_failed",
+                )
+            record = InstalledEngine(
+                engine=engine,
+                version=version,
+                prefix=str(prefix),
+                python=str(env_python),
+                command=_command(engine, prefix),
+                installed_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
+            _update_registry(base, lambda data: data.__setitem__(ref, record.as_dict()))
+        except BaseException:
+            # Failed or interrupted (Ctrl-C): no record was written; leave no half-made venv.
+            shutil.rmtree(prefix, ignore_errors=True)
+            raise
+    say(f"installed {ref} in {prefix}")
+    return record
