@@ -710,6 +710,30 @@ def engine_list(root: EnginesRootOpt = None, as_json: JsonFlag = False) -> None:
         typer.echo(f"{ref}  {rec.prefix}  {rec.installed_at}{missing}")
 
 
+@engine_app.command("reap")
+def engine_reap(
+    owner: Annotated[
+        str | None,
+        typer.Option(help="Stop every server of this owner (a flow run id), alive owner or not."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Stop engine servers left behind by a crashed or cancelled run (from their pid files).
+
+    Without --owner only orphans are stopped: servers whose starting process has exited. Every
+    sweep does this when it starts; the pid files live in $EMBEDSWEEP_STATE_DIR/servers.
+    """
+    from embedsweep.engines import pidfiles
+
+    stopped = pidfiles.reap(owner=owner)
+    if as_json:
+        _echo_json([{"pid": r.pid, "port": r.port, "owner": r.owner} for r in stopped])
+        return
+    for r in stopped:
+        typer.echo(f"stopped pid {r.pid} (port {r.port}, owner {r.owner or '-'}): {r.command}")
+    typer.echo(f"{len(stopped)} orphaned server(s) stopped")
+
+
 def main() -> None:
     try:
         app()

@@ -303,6 +303,15 @@ class SweepSpec(_Strict):
         default=Path("warehouse/runs"),
         description="Folder for each run's run.json, requests.parquet and server.log.",
     )
+    artifacts_url: str | None = Field(
+        default=None,
+        description=(
+            "Distributed sweeps: an fsspec URL every host can write (s3://bucket/runs, "
+            "file:///mnt/shared/runs) where cells upload their run directories; the sweep "
+            "downloads them into `artifacts` and ingests them. Unset: `artifacts` itself must "
+            "be a folder every host reaches."
+        ),
+    )
     startup_timeout_s: PositiveFloat = Field(
         default=600.0, description="How long a server may take to become healthy."
     )

@@ -37,6 +37,7 @@ __all__ = [
     "CellPlan",
     "Progress",
     "engine_command",
+    "finalize_run",
     "finalize_unfinished",
     "preflight_cell",
     "run_cell",
@@ -450,23 +451,28 @@ def _write_table(table: object, path: Path, pq: object) -> None:
     os.replace(tmp, path)
 
 
-def finalize_unfinished(sweep_dir: Path) -> list[Path]:
-    """Promote every ``pending.json`` under ``sweep_dir`` whose run never wrote ``run.json``
-    (its process was cancelled or killed) to that run's ``run.json`` (status ``cancelled``).
-    Returns the run directories finalized; call it after the run's servers are stopped."""
-    done: list[Path] = []
-    if not sweep_dir.is_dir():
-        return done
-    for pending in sorted(sweep_dir.glob("*/pending.json")):
-        run_dir = pending.parent
-        if (run_dir / "run.json").exists():
-            with contextlib.suppress(FileNotFoundError):
-                pending.unlink()
-            continue
+def finalize_run(run_dir: Path) -> bool:
+    """Promote ``run_dir``'s ``pending.json`` to ``run.json`` (status ``cancelled``) when the run
+    never wrote one (its process was cancelled or killed); True when it did so. Call it after
+    the run's servers are stopped (``pidfiles.reap``)."""
+    pending = run_dir / "pending.json"
+    if (run_dir / "run.json").exists():
         with contextlib.suppress(FileNotFoundError):
-            os.replace(pending, run_dir / "run.json")
-            done.append(run_dir)
-    return done
+            pending.unlink()
+        return False
+    try:
+        os.replace(pending, run_dir / "run.json")
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def finalize_unfinished(sweep_dir: Path) -> list[Path]:
+    """:func:`finalize_run` for every run directory of a sweep run (local mode: every cell ran
+    in the sweep's own process, so an unfinished one is one that process left behind)."""
+    if not sweep_dir.is_dir():
+        return []
+    return [p.parent for p in sorted(sweep_dir.glob("*/pending.json")) if finalize_run(p.parent)]
 
 
 def run_cell(
@@ -475,6 +481,7 @@ def run_cell(
     checked: tuple[list[PreflightResult], ModelMeta | None] | None = None,
     progress: Progress | None = None,
     raise_transient: bool = False,
+    run_id: str | None = None,
 ) -> RunManifest:
     """Run one cell and write its run directory; returns the manifest (also in run.json).
 
@@ -482,8 +489,9 @@ def run_cell(
     instead of recorded, so a caller with retries can try again. ``checked`` is this cell's
     :func:`preflight_cell` answer when the caller already has it. An interrupt (KeyboardInterrupt,
     SystemExit, Prefect's cancellation) records the run ``cancelled`` and is re-raised.
+    ``run_id`` lets a caller that dispatches the cell elsewhere know its run directory up front.
     """
-    run_id = uuid.uuid4().hex
+    run_id = run_id or uuid.uuid4().hex
     run_dir = plan.artifacts / plan.sweep_run_id / run_id
     started_at = _now()
     checks, meta = checked or preflight_cell(plan.cell, fallback_engine=plan.fallback_engine)

@@ -1,24 +1,67 @@
-"""The sweep flow: expand the sweep into cells, preflight them all, run each cell, ingest each run
-into the warehouse as soon as it is written, and record the sweep. Wiring only: the work is in
-``embedsweep.runner`` and ``embedsweep.store``."""
+"""The sweep flow: expand the sweep into cells, preflight them all, run each cell (here, or on the
+pool's GPU hosts through their ``benchmark-cell`` deployments), ingest every run into the
+warehouse (this flow is its only writer), and show the outcome in the Prefect UI: a progress
+artifact while it runs, then a results table, a markdown list of blocked / failed / cancelled
+cells and regressions, and a link to the HTML report. Wiring only: the work is in
+``embedsweep.runner`` and ``embedsweep.store``.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import json
+import queue
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.context import FlowRunContext
+from prefect.events import emit_event
+from pydantic import Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from embedsweep import store
-from embedsweep.config import SweepSpec
-from embedsweep.runner import CellPlan
+from embedsweep import report, store
+from embedsweep.config import Cell, SweepSpec
+from embedsweep.engines import pidfiles
+from embedsweep.placement import cell_deployment_name
+from embedsweep.records import PreflightResult, RunManifest
+from embedsweep.runner import CellPlan, finalize_run, finalize_unfinished, write_manifest
 from tasks.cells import ingest_run_task, preflight_task, run_cell_task
 
 __all__ = ["sweep"]
+
+Mode = Literal["local", "distributed"]
+RegressionThreshold = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=1,
+        description=(
+            "A level whose input tokens/s fell by more than this fraction against the previous "
+            "run of the same cell is a regression (flagged, and emitted as a Prefect event)."
+        ),
+    ),
+]
+REGRESSION_EVENT = "embedsweep.regression.detected"
+_STATUSES = ("ok", "blocked", "failed", "cancelled")
+
+
+def _flow_run_id() -> str | None:
+    ctx = FlowRunContext.get()
+    return ctx.flow_run.id.hex if ctx and ctx.flow_run else None
 
 
 def _record_sweep(
@@ -42,29 +85,410 @@ def _record_sweep(
         con.close()
 
 
-@flow(name="sweep", log_prints=True)
-def sweep(
-    spec: SweepSpec, warehouse: str | None = None, show_progress: bool = True
-) -> dict[str, Any]:
-    """Run every cell of a sweep and load the results into DuckDB."""
+class _Tracker:
+    """Counts finished cells, drives the terminal bar and the UI's progress artifact."""
+
+    def __init__(self, total_cells: int, total_levels: int, bar: Progress) -> None:
+        self.total_cells = max(total_cells, 1)
+        self.done = 0
+        self.bar = bar
+        self.job = bar.add_task("sweep", total=total_levels)
+        self.lock = threading.Lock()
+        self.artifact: UUID | None = None
+        try:
+            created = create_progress_artifact(
+                0.0, key="sweep-progress", description=f"0 of {total_cells} cells done"
+            )
+            self.artifact = created if isinstance(created, UUID) else None
+        except Exception:  # the UI's progress is a nicety; a sweep does not fail over it
+            get_run_logger().debug("progress artifact unavailable", exc_info=True)
+
+    def advance(self, levels: int, description: str) -> None:
+        with self.lock:
+            self.bar.update(self.job, advance=levels, description=description)
+
+    def cell_done(self) -> None:
+        with self.lock:
+            self.done += 1
+            if self.artifact is not None:
+                update_progress_artifact(
+                    self.artifact,
+                    100.0 * self.done / self.total_cells,
+                    description=f"{self.done} of {self.total_cells} cells done",
+                )
+
+
+def _plan(spec: SweepSpec, cell: Cell, sweep_run_id: str, owner: str) -> CellPlan:
+    return CellPlan(
+        cell=cell,
+        sweep_name=spec.name,
+        sweep_run_id=sweep_run_id,
+        load=spec.load,
+        artifacts=spec.artifacts,
+        startup_timeout_s=spec.startup_timeout_s,
+        fallback_engine=spec.fallback_engine,
+        owner=owner,
+    )
+
+
+def _ingest(db: Path, run_dir: Path) -> None:
+    ingest_run_task(db, run_dir)
+
+
+# --- distributed mode -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Devices of one host that one cell uses at a time (tensor parallelism: several)."""
+
+    pool: str
+    host: str
+    devices: tuple[str, ...]
+
+
+def _slots(spec: SweepSpec, pools: set[str]) -> list[_Slot]:
+    out: list[_Slot] = []
+    for pool in spec.pools:
+        if pool.name not in pools:
+            continue
+        if not pool.hosts:
+            raise ValueError(
+                f"pool {pool.name!r} lists no hosts: distributed mode needs pools[].hosts "
+                "(one per work queue of the work pool)"
+            )
+        size = pool.tensor_parallel_size
+        for host in pool.hosts:
+            for start in range(0, len(host.devices) - size + 1, size):
+                out.append(_Slot(pool.name, host.name, tuple(host.devices[start : start + size])))
+    return out
+
+
+def _run_remote(
+    spec: SweepSpec, cell: Cell, slot: _Slot, sweep_run_id: str, run_id: str
+) -> str | None:
+    """Run one cell through its pool's benchmark-cell deployment on ``slot``'s host; returns
+    the cell flow run's final state name."""
+    from prefect.deployments import run_deployment
+
+    parameters = {
+        "cell": cell.model_dump(mode="json"),
+        "sweep_name": spec.name,
+        "sweep_run_id": sweep_run_id,
+        "run_id": run_id,
+        "load": spec.load.model_dump(mode="json"),
+        "artifacts": str(spec.artifacts),
+        "artifacts_url": spec.artifacts_url,
+        "host": slot.host,
+        "devices": list(slot.devices),
+        "startup_timeout_s": spec.startup_timeout_s,
+        "fallback_engine": spec.fallback_engine,
+    }
+    flow_run = run_deployment(
+        name=cell_deployment_name(slot.pool),
+        parameters=parameters,
+        work_queue_name=slot.host,
+        job_variables={"env": {"CUDA_VISIBLE_DEVICES": ",".join(slot.devices)}},
+        timeout=None,
+    )
+    state = getattr(flow_run, "state", None)
+    return state.name if state is not None else None
+
+
+def _collect(
+    spec: SweepSpec,
+    cell: Cell,
+    checks: list[PreflightResult],
+    sweep_run_id: str,
+    run_id: str,
+    state: str | None,
+) -> Path:
+    """The run directory of a dispatched cell, fetched from shared storage when needed; a cell
+    that left nothing behind gets a manifest saying what its flow run ended as."""
+    from embedsweep.storage import download_run
+
+    run_dir = spec.artifacts / sweep_run_id / run_id
+    if spec.artifacts_url and not (run_dir / "run.json").exists():
+        download_run(spec.artifacts_url, sweep_run_id, run_id, spec.artifacts)
+    finalize_run(run_dir)
+    if not (run_dir / "run.json").exists():
+        cancelled = state in ("Cancelled", "Cancelling")
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        final = checks[-1]
+        write_manifest(
+            run_dir,
+            RunManifest(
+                run_id=run_id,
+                sweep_run_id=sweep_run_id,
+                sweep_name=spec.name,
+                cell_id=cell.cell_id(spec.name),
+                model=cell.model.display_name,
+                model_ref=cell.model.source,
+                engine=final.engine,
+                planned_engine=cell.engine_name,
+                pool=cell.pool.name,
+                gpu_model=cell.pool.gpu_model,
+                gpu_count=cell.pool.tensor_parallel_size,
+                cost_per_gpu_hour=cell.pool.cost_per_gpu_hour,
+                chunk_size=cell.chunk_size,
+                batch_size=spec.load.batch_size,
+                status="cancelled" if cancelled else "failed",
+                reason="cancelled" if cancelled else "unknown",
+                message=f"the cell's flow run ended {state or 'without a state'} "
+                "and left no run directory",
+                engine_version=final.engine_version,
+                started_at=now,
+                finished_at=now,
+                preflight=checks,
+            ),
+        )
+    return run_dir
+
+
+def _distributed(
+    spec: SweepSpec,
+    work: list[tuple[Cell, list[PreflightResult]]],
+    sweep_run_id: str,
+    db: Path,
+    tracker: _Tracker,
+    counts: dict[str, int],
+) -> None:
+    """Every slot of every pool takes the pool's cells one at a time; each cell flow also holds
+    its devices' strict global concurrency limits, so other sweeps never share them."""
     logger = get_run_logger()
-    sweep_run_id = uuid.uuid4().hex
+    slots = _slots(spec, {cell.pool.name for cell, _ in work})
+    queues: dict[str, queue.Queue[tuple[Cell, list[PreflightResult]]]] = {}
+    for item in work:
+        queues.setdefault(item[0].pool.name, queue.Queue()).put(item)
+    ingest_lock = threading.Lock()
+
+    def slot_loop(slot: _Slot) -> None:
+        pending = queues[slot.pool]
+        while True:
+            try:
+                cell, checks = pending.get_nowait()
+            except queue.Empty:
+                return
+            run_id = uuid.uuid4().hex
+            tracker.advance(0, f"{cell.label} → {slot.host} {','.join(slot.devices)}")
+            try:
+                state = _run_remote(spec, cell, slot, sweep_run_id, run_id)
+            except Exception as exc:  # the deployment could not be started: record why
+                logger.error("%s: could not dispatch: %s", cell.label, exc)
+                state = None
+            run_dir = _collect(spec, cell, checks, sweep_run_id, run_id, state)
+            manifest = RunManifest.model_validate_json((run_dir / "run.json").read_text())
+            with ingest_lock:
+                _ingest(db, run_dir)
+                counts[manifest.status] += 1
+            tracker.advance(
+                len(spec.load.concurrency), f"{cell.label}: {manifest.status} on {slot.host}"
+            )
+            tracker.cell_done()
+            logger.info("%s on %s: %s %s", cell.label, slot.host, manifest.status, manifest.reason)
+
+    with ThreadPoolExecutor(max_workers=max(len(slots), 1)) as pool:
+        # Each thread runs in its own copy of this flow run's context (run_deployment links the
+        # cell runs to this flow run through it).
+        futures = [pool.submit(contextvars.copy_context().run, slot_loop, s) for s in slots]
+        for future in futures:
+            future.result()
+
+
+# --- what the UI shows at the end --------------------------------------------------------------
+
+
+def _regressions(db: Path, sweep_run_id: str, threshold: float) -> list[dict[str, Any]]:
+    con = store.open_warehouse(db, read_only=True)
+    try:
+        columns, rows = store.query(
+            con,
+            "SELECT cell_id, model, engine, engine_version, pool, chunk_size, concurrency, "
+            "input_tokens_per_s, prev_input_tokens_per_s, tokens_per_s_change, prev_run_id, "
+            "prev_engine_version FROM v_nightly_trend "
+            "WHERE sweep_run_id = ? AND tokens_per_s_change < ? ORDER BY tokens_per_s_change",
+            [sweep_run_id, -threshold],
+        )
+    finally:
+        con.close()
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+def _report_rows(db: Path, sweep_run_id: str) -> list[dict[str, Any]]:
+    con = store.open_warehouse(db, read_only=True)
+    try:
+        return store.report_rows(con, sweep_run_id=sweep_run_id)
+    finally:
+        con.close()
+
+
+def _problems_markdown(
+    rows: list[dict[str, Any]], regressions: list[dict[str, Any]], threshold: float
+) -> str:
+    lines = [f"# {report.summary_line(rows)}", ""]
+    problems = report.problems(rows)
+    if problems:
+        lines += ["## Cells that did not run or did not finish", ""]
+        lines += ["| model | engine | pool | tokens | status | reason | message |"]
+        lines += ["|---|---|---|---:|---|---|---|"]
+        for row in problems:
+            message = str(row.get("message") or "").splitlines()[0:1]
+            text = (message[0] if message else "").replace("|", "\\|")[:200]
+            lines.append(
+                f"| {row.get('model')} | {row.get('engine')} | {row.get('pool')} | "
+                f"{row.get('chunk_size')} | {row.get('status')} | {row.get('reason') or ''} | "
+                f"{text} |"
+            )
+        lines.append("")
+    else:
+        lines += ["Every cell ran.", ""]
+    if regressions:
+        lines += [f"## Regressions (input tokens/s down more than {threshold:.0%})", ""]
+        lines += ["| model | engine | pool | tokens | concurrency | before | now | change |"]
+        lines += ["|---|---|---|---:|---:|---:|---:|---:|"]
+        for r in regressions:
+            lines.append(
+                f"| {r['model']} | {r['engine']} {r['engine_version'] or ''} | {r['pool']} | "
+                f"{r['chunk_size']} | {r['concurrency']} | {r['prev_input_tokens_per_s']:.0f} | "
+                f"{r['input_tokens_per_s']:.0f} | {r['tokens_per_s_change']:+.1%} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _emit_regressions(
+    spec: SweepSpec, sweep_run_id: str, regressions: list[dict[str, Any]]
+) -> None:
+    for r in regressions:
+        emit_event(
+            event=REGRESSION_EVENT,
+            resource={
+                "prefect.resource.id": f"embedsweep.cell.{r['cell_id']}",
+                "prefect.resource.name": (
+                    f"{r['model']} on {r['engine']}/{r['pool']} @ {r['chunk_size']} tok"
+                ),
+            },
+            payload={
+                "sweep": spec.name,
+                "sweep_run_id": sweep_run_id,
+                "concurrency": r["concurrency"],
+                "input_tokens_per_s": r["input_tokens_per_s"],
+                "previous_input_tokens_per_s": r["prev_input_tokens_per_s"],
+                "change": r["tokens_per_s_change"],
+                "previous_run_id": r["prev_run_id"],
+            },
+        )
+
+
+def _publish(spec: SweepSpec, db: Path, sweep_run_id: str, threshold: float) -> tuple[int, Path]:
+    rows = _report_rows(db, sweep_run_id)
+    regressions = _regressions(db, sweep_run_id, threshold)
+    html_path = (spec.artifacts / sweep_run_id / "report.html").resolve()
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.write_text(report.render(rows, "html"), encoding="utf-8")
+    table_columns = [
+        "model",
+        "engine",
+        "engine_version",
+        "pool",
+        "chunk_size",
+        "concurrency",
+        "status",
+        "reason",
+        "throughput_rps",
+        "input_tokens_per_s",
+        "p50_ms",
+        "p99_ms",
+    ]
+    create_table_artifact(
+        [{c: row.get(c) for c in table_columns} for row in rows],
+        key="sweep-results",
+        description=f"{spec.name}: one row per cell and load level",
+    )
+    create_markdown_artifact(
+        _problems_markdown(rows, regressions, threshold),
+        key="sweep-problems",
+        description=f"{spec.name}: blocked, failed and cancelled cells; regressions",
+    )
+    create_link_artifact(
+        html_path.as_uri(),
+        link_text=f"{spec.name} report (HTML)",
+        key="sweep-report",
+        description="Self-contained HTML report with charts, on the sweep host's disk",
+    )
+    _emit_regressions(spec, sweep_run_id, regressions)
+    return len(regressions), html_path
+
+
+# --- cancellation and crashes -----------------------------------------------------------------
+
+
+def _stopped(flow: Any, flow_run: Any, state: Any) -> None:
+    """on_cancellation / on_crashed: stop every engine this run started, record the cell that
+    was running as ``cancelled``, ingest it, and close the sweep's record. It may run in this
+    flow's process or in the worker's, so it works from the flow run's parameters alone."""
+    sweep_run_id = flow_run.id.hex
+    pidfiles.reap(owner=sweep_run_id)
+    try:
+        spec = SweepSpec.model_validate(flow_run.parameters["spec"])
+    except Exception:
+        return
+    db = Path(flow_run.parameters.get("warehouse") or spec.warehouse)
+    if flow_run.parameters.get("mode", "local") == "local":
+        finished = finalize_unfinished(spec.artifacts / sweep_run_id)
+        if finished:
+            con = store.open_warehouse(db)
+            try:
+                store.ingest_runs(con, finished)
+            finally:
+                con.close()
+    started = flow_run.start_time or datetime.now(UTC)
+    _record_sweep(db, spec, sweep_run_id, started, datetime.now(UTC))
+
+
+@flow(
+    name="sweep",
+    log_prints=True,
+    on_cancellation=[_stopped],
+    on_crashed=[_stopped],
+)
+def sweep(
+    spec: SweepSpec,
+    warehouse: str | None = None,
+    mode: Mode = "local",
+    regression_threshold: RegressionThreshold = 0.10,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Run every cell of a sweep and load the results into DuckDB.
+
+    mode: "local" runs the cells here, one at a time per device; "distributed" sends each cell
+    to its pool's benchmark-cell deployment on one of the pool's hosts (work queues).
+    """
+    logger = get_run_logger()
+    sweep_run_id = _flow_run_id() or uuid.uuid4().hex
+    stale = pidfiles.reap()
+    if stale:
+        logger.warning("stopped %d orphaned engine server(s) of earlier runs", len(stale))
     db = Path(warehouse) if warehouse else spec.warehouse
     started = datetime.now(UTC)
     _record_sweep(db, spec, sweep_run_id, started, None)
 
     cells = spec.cells()
     checked = [preflight_task(cell, spec.fallback_engine) for cell in cells]
-    runnable = sum(1 for checks, _ in checked if checks[-1].verdict == "ok")
+    runnable = [
+        (cell, checks) for cell, (checks, _) in zip(cells, checked, strict=True)
+        if checks[-1].verdict == "ok"
+    ]  # fmt: skip
     logger.info(
-        "sweep %s: %d cells, %d runnable, %d blocked by preflight",
+        "sweep %s (%s): %d cells, %d runnable, %d blocked by preflight",
         spec.name,
+        mode,
         len(cells),
-        runnable,
-        len(cells) - runnable,
+        len(runnable),
+        len(cells) - len(runnable),
     )
-    counts = {"ok": 0, "blocked": 0, "failed": 0, "cancelled": 0}
-    total_levels = runnable * len(spec.load.concurrency) + (len(cells) - runnable)
+    counts = dict.fromkeys(_STATUSES, 0)
+    total_levels = len(runnable) * len(spec.load.concurrency) + (len(cells) - len(runnable))
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -72,33 +496,38 @@ def sweep(
         TimeElapsedColumn(),
     )
     with Progress(*columns, disable=not show_progress) as bar:
-        job = bar.add_task("sweep", total=total_levels)
-
-        def advance(levels: int, description: str) -> None:
-            bar.update(job, advance=levels, description=description)
-
+        tracker = _Tracker(len(cells), total_levels, bar)
+        remote = []
         for cell, check in zip(cells, checked, strict=True):
-            plan = CellPlan(
-                cell=cell,
-                sweep_name=spec.name,
-                sweep_run_id=sweep_run_id,
-                load=spec.load,
-                artifacts=spec.artifacts,
-                startup_timeout_s=spec.startup_timeout_s,
-                fallback_engine=spec.fallback_engine,
+            if mode == "distributed" and check[0][-1].verdict == "ok":
+                remote.append((cell, check[0]))
+                continue
+            # Blocked cells are recorded here in either mode; local cells run here.
+            manifest = run_cell_task(
+                _plan(spec, cell, sweep_run_id, sweep_run_id), check, progress=tracker.advance
             )
-            manifest = run_cell_task(plan, check, progress=advance)
             if manifest.status != "ok":
-                advance(1, f"{cell.label}: {manifest.status} ({manifest.reason})")
+                tracker.advance(1, f"{cell.label}: {manifest.status} ({manifest.reason})")
             counts[manifest.status] += 1
-            ingest_run_task(db, spec.artifacts / sweep_run_id / manifest.run_id)
+            _ingest(db, spec.artifacts / sweep_run_id / manifest.run_id)
+            tracker.cell_done()
             logger.info(
                 "%s: %s%s",
                 cell.label,
                 manifest.status,
                 f" ({manifest.reason})" if manifest.reason else "",
             )
+        if remote:
+            _distributed(spec, remote, sweep_run_id, db, tracker, counts)
     _record_sweep(db, spec, sweep_run_id, started, datetime.now(UTC))
-    summary = {"sweep_run_id": sweep_run_id, "warehouse": str(db), "cells": len(cells), **counts}
+    regressions, html = _publish(spec, db, sweep_run_id, regression_threshold)
+    summary = {
+        "sweep_run_id": sweep_run_id,
+        "warehouse": str(db),
+        "cells": len(cells),
+        **counts,
+        "regressions": regressions,
+        "report": str(html),
+    }
     logger.info("sweep finished: %s", json.dumps(summary))
     return summary

@@ -60,10 +60,15 @@ def run_cell_task(
     plan: CellPlan,
     checked: tuple[list[PreflightResult], ModelMeta | None],
     progress: Progress | None = None,
+    run_id: str | None = None,
 ) -> RunManifest:
-    # The last attempt records a transient failure instead of raising it.
+    # The last attempt records a transient failure instead of raising it. Without a run id each
+    # attempt is a run directory of its own; with one (a dispatched cell, whose directory the
+    # sweep must find) the attempts share it and its server.log.
     last_attempt = int(task_run.run_count or 1) > CELL_RETRIES
-    return run_cell(plan, checked=checked, progress=progress, raise_transient=not last_attempt)
+    return run_cell(
+        plan, checked=checked, progress=progress, raise_transient=not last_attempt, run_id=run_id
+    )
 
 
 @task(name="ingest", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
