@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import re
 import shlex
 from pathlib import Path
@@ -50,6 +51,7 @@ EngineName = Literal["vllm", "sglang", "hf"]
 ENGINES: tuple[str, ...] = ("vllm", "sglang", "hf")
 # An engine, optionally pinned to a version installed with `embedsweep engine install`:
 # "vllm", "vllm@0.33.0", "sglang@0.5.23". Two versions of one engine are two engines of a sweep.
+_SECRET_ENV = re.compile(r"(?i)token|key|secret|passw")
 _ENGINE_REF = re.compile(r"^(vllm|sglang|hf)(@[0-9][0-9A-Za-z.+-]*)?$")
 
 
@@ -326,6 +328,17 @@ class SweepSpec(_Strict):
             if dupes:
                 raise ValueError(f"duplicate {kind} name(s): {', '.join(dupes)}")
         return self
+
+    def redacted_json(self) -> str:
+        """The spec as JSON with credential-looking engine env values (``*TOKEN*``, ``*KEY*``,
+        ``*SECRET*``, ``*PASSW*``) replaced by ``***``: what the warehouse keeps of a sweep."""
+        data = self.model_dump(mode="json")
+        for pool in data["pools"]:
+            for command in pool["engines"].values():
+                command["env"] = {
+                    k: "***" if _SECRET_ENV.search(k) else v for k, v in command["env"].items()
+                }
+        return json.dumps(data)
 
     def cells(self) -> list[Cell]:
         """Expand into cells in a stable order."""

@@ -14,6 +14,7 @@ finishes (status ``cancelled``). A normal end replaces it with ``run.json``; an 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import socket
@@ -47,6 +48,7 @@ __all__ = [
 # Called with (load levels just completed, a short description of what runs now).
 Progress = Callable[[int, str], None]
 MAX_DISTINCT_PAYLOADS = 1024
+_log = logging.getLogger(__name__)
 # After a stop, a device's used memory within this much of its level before the start counts as
 # returned (the driver's own bookkeeping moves a little).
 GPU_MEMORY_SLACK_MIB = 256.0
@@ -345,9 +347,13 @@ def _measure(
     progress: Progress | None,
     out: _Measured,
 ) -> None:
+    from embedsweep.engines import pidfiles
     from embedsweep.gpus import DeviceAllocator, resolve_devices
 
     cell = plan.cell
+    # A server whose owner died without stopping it may still hold a device whose lock died
+    # with that owner: stop such orphans before taking a device.
+    pidfiles.reap()
     devices = resolve_devices(list(plan.devices or cell.pool.devices))
     if progress:
         progress(0, f"{cell.label}: waiting for a device")
@@ -531,8 +537,15 @@ def run_cell(
         result = manifest("failed", reason=exc.code, message=exc.message, **out.fields())
     except EmbedsweepError as exc:
         result = manifest("failed", reason=exc.code, message=exc.message, **out.fields())
-    except Exception:
-        raise
+    except Exception as exc:
+        # A bug or an environment problem (disk full, ...): this cell failed, the sweep goes on.
+        _log.exception("%s: unexpected error", plan.cell.label)
+        result = manifest(
+            "failed",
+            reason="unknown",
+            message=f"unexpected {type(exc).__name__}: {exc}",
+            **out.fields(),
+        )
     except BaseException:
         # Interrupted (Ctrl-C, SIGTERM, Prefect's cancellation): record it, then let it go on.
         write_manifest(

@@ -452,6 +452,13 @@ def ingest_run(con: duckdb.DuckDBPyConnection, run_dir: Path) -> bool:
         return False
     samples = _read_samples(run_dir / "telemetry.parquet")
     if samples is not None:
+        ids = samples.column("run_id").to_pylist()
+        foreign_samples = sum(1 for value in ids if value != manifest.run_id)
+        if foreign_samples:
+            raise _invalid(
+                run_dir / "telemetry.parquet",
+                f"{foreign_samples} row(s) do not belong to run {manifest.run_id}",
+            )
         con.register(_INCOMING_SAMPLES, samples)
     try:
         requests_path = run_dir / "requests.parquet"

@@ -28,6 +28,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
 from prefect.events import emit_event
 from pydantic import Field
@@ -77,7 +78,7 @@ def _record_sweep(
             con,
             sweep_run_id=sweep_run_id,
             sweep_name=spec.name,
-            spec_json=spec.model_dump_json(),
+            spec_json=spec.redacted_json(),
             started_at=started,
             finished_at=finished,
         )
@@ -159,16 +160,31 @@ def _slots(spec: SweepSpec, pools: set[str]) -> list[_Slot]:
             )
         size = pool.tensor_parallel_size
         for host in pool.hosts:
+            if "auto" in host.devices:
+                raise ValueError(
+                    f"pool {pool.name!r} host {host.name!r}: list its device ids; 'auto' is "
+                    "for local mode (each device gets a concurrency limit by its id)"
+                )
             for start in range(0, len(host.devices) - size + 1, size):
                 out.append(_Slot(pool.name, host.name, tuple(host.devices[start : start + size])))
     return out
 
 
+def _sweep_tag(sweep_run_id: str) -> str:
+    """Tag of every cell flow run a distributed sweep starts (its hooks find them by it)."""
+    return f"embedsweep-sweep-{sweep_run_id}"
+
+
 def _run_remote(
-    spec: SweepSpec, cell: Cell, slot: _Slot, sweep_run_id: str, run_id: str
+    spec: SweepSpec,
+    cell: Cell,
+    slot: _Slot,
+    sweep_run_id: str,
+    run_id: str,
+    stop: threading.Event,
 ) -> str | None:
     """Run one cell through its pool's benchmark-cell deployment on ``slot``'s host; returns
-    the cell flow run's final state name."""
+    the cell flow run's final state name (None when it could not be followed to the end)."""
     from prefect.deployments import run_deployment
 
     parameters = {
@@ -189,10 +205,32 @@ def _run_remote(
         parameters=parameters,
         work_queue_name=slot.host,
         job_variables={"env": {"CUDA_VISIBLE_DEVICES": ",".join(slot.devices)}},
-        timeout=None,
+        tags=[_sweep_tag(sweep_run_id)],
+        timeout=0,
     )
-    state = getattr(flow_run, "state", None)
-    return state.name if state is not None else None
+    assert isinstance(flow_run, FlowRun)  # called from sync code: not a coroutine
+    return _wait_final(flow_run.id, stop)
+
+
+def _wait_final(flow_run_id: UUID, stop: threading.Event, poll_s: float = 1.0) -> str | None:
+    """Poll a flow run until its state is final; API hiccups are waited out (up to a minute)."""
+    from prefect.client.orchestration import get_client
+
+    misses = 0
+    with get_client(sync_client=True) as client:
+        while not stop.is_set():
+            try:
+                run = client.read_flow_run(flow_run_id)
+            except Exception:
+                misses += 1
+                if misses * poll_s > 60:
+                    return None
+            else:
+                misses = 0
+                if run.state is not None and run.state.is_final():
+                    return run.state.name
+            stop.wait(poll_s)
+    return None
 
 
 def _collect(
@@ -202,6 +240,7 @@ def _collect(
     sweep_run_id: str,
     run_id: str,
     state: str | None,
+    error: str | None = None,
 ) -> Path:
     """The run directory of a dispatched cell, fetched from shared storage when needed; a cell
     that left nothing behind gets a manifest saying what its flow run ended as."""
@@ -210,7 +249,9 @@ def _collect(
     run_dir = spec.artifacts / sweep_run_id / run_id
     if spec.artifacts_url and not (run_dir / "run.json").exists():
         download_run(spec.artifacts_url, sweep_run_id, run_id, spec.artifacts)
-    finalize_run(run_dir)
+    if state is not None:
+        # The cell's flow run is over: a pending.json left behind is a run that never finished.
+        finalize_run(run_dir)
     if not (run_dir / "run.json").exists():
         cancelled = state in ("Cancelled", "Cancelling")
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -234,8 +275,11 @@ def _collect(
                 batch_size=spec.load.batch_size,
                 status="cancelled" if cancelled else "failed",
                 reason="cancelled" if cancelled else "unknown",
-                message=f"the cell's flow run ended {state or 'without a state'} "
-                "and left no run directory",
+                message=(
+                    f"the cell's flow run ended {state} and left no run directory"
+                    if state is not None
+                    else f"the cell could not be dispatched or followed: {error or 'no state'}"
+                ),
                 engine_version=final.engine_version,
                 started_at=now,
                 finished_at=now,
@@ -261,38 +305,57 @@ def _distributed(
     for item in work:
         queues.setdefault(item[0].pool.name, queue.Queue()).put(item)
     ingest_lock = threading.Lock()
+    stop = threading.Event()
+
+    def one_cell(slot: _Slot, cell: Cell, checks: list[PreflightResult]) -> None:
+        run_id = uuid.uuid4().hex
+        tracker.advance(0, f"{cell.label} → {slot.host} {','.join(slot.devices)}")
+        state: str | None = None
+        error: str | None = None
+        try:
+            state = _run_remote(spec, cell, slot, sweep_run_id, run_id, stop)
+        except Exception as exc:  # the deployment could not be started: record why
+            logger.error("%s: could not dispatch: %s", cell.label, exc)
+            error = f"{type(exc).__name__}: {exc}"
+        if stop.is_set():
+            return
+        run_dir = _collect(spec, cell, checks, sweep_run_id, run_id, state, error)
+        manifest = RunManifest.model_validate_json((run_dir / "run.json").read_text())
+        with ingest_lock:
+            _ingest(db, run_dir)
+            counts[manifest.status] += 1
+        tracker.advance(
+            len(spec.load.concurrency), f"{cell.label}: {manifest.status} on {slot.host}"
+        )
+        tracker.cell_done()
+        logger.info("%s on %s: %s %s", cell.label, slot.host, manifest.status, manifest.reason)
 
     def slot_loop(slot: _Slot) -> None:
         pending = queues[slot.pool]
-        while True:
+        while not stop.is_set():
             try:
                 cell, checks = pending.get_nowait()
             except queue.Empty:
                 return
-            run_id = uuid.uuid4().hex
-            tracker.advance(0, f"{cell.label} → {slot.host} {','.join(slot.devices)}")
             try:
-                state = _run_remote(spec, cell, slot, sweep_run_id, run_id)
-            except Exception as exc:  # the deployment could not be started: record why
-                logger.error("%s: could not dispatch: %s", cell.label, exc)
-                state = None
-            run_dir = _collect(spec, cell, checks, sweep_run_id, run_id, state)
-            manifest = RunManifest.model_validate_json((run_dir / "run.json").read_text())
-            with ingest_lock:
-                _ingest(db, run_dir)
-                counts[manifest.status] += 1
-            tracker.advance(
-                len(spec.load.concurrency), f"{cell.label}: {manifest.status} on {slot.host}"
-            )
-            tracker.cell_done()
-            logger.info("%s on %s: %s %s", cell.label, slot.host, manifest.status, manifest.reason)
+                one_cell(slot, cell, checks)
+            except Exception:
+                # One cell's bookkeeping failing must not strand the slot's other cells.
+                logger.exception("%s: lost while collecting its results", cell.label)
 
-    with ThreadPoolExecutor(max_workers=max(len(slots), 1)) as pool:
+    executor = ThreadPoolExecutor(max_workers=len(slots))
+    try:
         # Each thread runs in its own copy of this flow run's context (run_deployment links the
         # cell runs to this flow run through it).
-        futures = [pool.submit(contextvars.copy_context().run, slot_loop, s) for s in slots]
+        futures = [executor.submit(contextvars.copy_context().run, slot_loop, s) for s in slots]
         for future in futures:
             future.result()
+    except BaseException:
+        # Cancelled or interrupted: dispatch nothing more; the hook cancels the running cells.
+        stop.set()
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    executor.shutdown()
 
 
 # --- what the UI shows at the end --------------------------------------------------------------
@@ -435,15 +498,37 @@ def _stopped(flow: Any, flow_run: Any, state: Any) -> None:
         return
     db = Path(flow_run.parameters.get("warehouse") or spec.warehouse)
     if flow_run.parameters.get("mode", "local") == "local":
-        finished = finalize_unfinished(spec.artifacts / sweep_run_id)
-        if finished:
+        sweep_dir = spec.artifacts / sweep_run_id
+        finalize_unfinished(sweep_dir)
+        # The interrupted cell usually wrote its own `cancelled` run.json on the way out; either
+        # way every finished run directory goes in (ingest skips the ones already there).
+        run_dirs = sorted(p.parent for p in sweep_dir.glob("*/run.json"))
+        if run_dirs:
             con = store.open_warehouse(db)
             try:
-                store.ingest_runs(con, finished)
+                store.ingest_runs(con, run_dirs)
             finally:
                 con.close()
+    else:
+        _cancel_cells(sweep_run_id)
     started = flow_run.start_time or datetime.now(UTC)
     _record_sweep(db, spec, sweep_run_id, started, datetime.now(UTC))
+
+
+def _cancel_cells(sweep_run_id: str) -> None:
+    """Cancel the cell flow runs of a distributed sweep that are not over yet (their own hooks
+    stop their engines and leave their runs `cancelled` in the artifacts)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.states import Cancelling
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[_sweep_tag(sweep_run_id)]))
+        )
+        for run in runs:
+            if run.state is None or not run.state.is_final():
+                client.set_flow_run_state(run.id, Cancelling(), force=True)
 
 
 @flow(

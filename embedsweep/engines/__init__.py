@@ -8,6 +8,7 @@ the plain dict :data:`ADAPTERS`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from embedsweep.engines.base import EngineAdapter, Launch
@@ -32,6 +33,14 @@ def adapter_for(engine: str) -> EngineAdapter:
         raise ValueError(f"unknown engine {engine!r} (known: {', '.join(ADAPTERS)})") from None
 
 
+_SECRET_NAME = re.compile(r"(?i)token|key|secret|passw")
+
+
+def _secret_values(env: dict[str, str]) -> tuple[str, ...]:
+    """Values of a pool's engine env that look like credentials (HF_TOKEN, *_API_KEY, ...)."""
+    return tuple(v for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= 4)
+
+
 def server_for(engine: str, launch: Launch, log_path: Path, owner: str = "") -> ServerProcess:
     """A supervised (not yet started) server for ``launch`` on ``engine``; the API key and
     HF_TOKEN are redacted from what it logs; ``owner`` goes into its pid file (see pidfiles)."""
@@ -42,6 +51,6 @@ def server_for(engine: str, launch: Launch, log_path: Path, owner: str = "") -> 
         log_path=log_path,
         host=launch.host,
         port=launch.port,
-        secrets=(launch.api_key, os.environ.get("HF_TOKEN", "")),
+        secrets=(launch.api_key, os.environ.get("HF_TOKEN", ""), *_secret_values(launch.env)),
         owner=owner,
     )

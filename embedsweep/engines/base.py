@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["EngineAdapter", "Launch"]
+__all__ = ["EngineAdapter", "Launch", "cuda_devices"]
 
 
 @dataclass(frozen=True)
@@ -42,3 +42,9 @@ class EngineAdapter(Protocol):
     def environment(self, launch: Launch) -> dict[str, str]:
         """Variables added to the server's environment (secrets go here, never into argv)."""
         ...
+
+
+def cuda_devices(launch: Launch) -> dict[str, str]:
+    """The devices a server may see. CUDA numbers devices fastest-first by default, NVML (the
+    allocator's and telemetry's numbering) by PCI bus: PCI_BUS_ID makes both name one card."""
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(launch.devices)}

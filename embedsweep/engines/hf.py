@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from embedsweep.engines.base import Launch
+from embedsweep.engines.base import Launch, cuda_devices
 
 __all__ = ["HFAdapter"]
 
@@ -31,7 +31,7 @@ class HFAdapter:
         return argv
 
     def environment(self, launch: Launch) -> dict[str, str]:
-        env = {"EMBEDSWEEP_API_KEY": launch.api_key, **launch.env}
+        env = {**launch.env, "EMBEDSWEEP_API_KEY": launch.api_key}
         if launch.devices != ("cpu",):
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(launch.devices)
+            env.update(cuda_devices(launch))
         return env

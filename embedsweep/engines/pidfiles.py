@@ -20,7 +20,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["ServerRecord", "reap", "records", "remove", "servers_dir", "write"]
+__all__ = [
+    "ServerRecord",
+    "group_members",
+    "kill_group",
+    "reap",
+    "records",
+    "remove",
+    "servers_dir",
+    "write",
+]
 
 
 def servers_dir() -> Path:
@@ -43,6 +52,38 @@ def _start_time(pid: int) -> int | None:
         return int(fields[19])
     except (IndexError, ValueError):
         return None
+
+
+def group_members(pgid: int, started_after: int | None = None) -> list[int]:
+    """Live processes of process group ``pgid`` (started at or after ``started_after``, so a
+    group id the kernel handed to a newer session is not mistaken for the old one)."""
+    members: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        try:
+            state, group, start = fields[0], int(fields[2]), int(fields[19])
+        except (IndexError, ValueError):
+            continue
+        if group != pgid or state == "Z":
+            continue
+        if started_after is not None and start < started_after:
+            continue
+        members.append(int(entry.name))
+    return members
+
+
+def kill_group(pgid: int, started_after: int | None, sig: int = signal.SIGKILL) -> bool:
+    """Signal group ``pgid`` only while it still has members of that generation; True if it had."""
+    if not group_members(pgid, started_after):
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+    return True
 
 
 def _alive(pid: int, started: int | None) -> bool:
@@ -126,8 +167,7 @@ def records() -> list[ServerRecord]:
 
 def _kill_group(record: ServerRecord, grace_s: float) -> None:
     if not record.alive():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(record.pgid, signal.SIGKILL)  # forked workers of a dead leader
+        kill_group(record.pgid, record.started)  # workers that outlived their leader
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(record.pgid, signal.SIGTERM)
@@ -154,6 +194,9 @@ def reap(*, owner: str | None = None, grace_s: float = 10.0) -> list[ServerRecor
         if record.host != here:
             continue
         if not record.alive():
+            # The leader is gone; engine workers it forked may still hold a GPU.
+            if kill_group(record.pgid, record.started):
+                stopped.append(record)
             remove(record.pid)
             continue
         if (owner is not None and record.owner == owner) or (

@@ -83,6 +83,7 @@ class ServerProcess:
         self.port = port
         self._secrets = tuple(s for s in secrets if s)
         self.proc: subprocess.Popen[bytes] | None = None
+        self._started: int | None = None
 
     @property
     def url(self) -> str:
@@ -93,8 +94,19 @@ class ServerProcess:
             text = text.replace(secret, "***")
         return text
 
+    def _rotate_log(self) -> None:
+        """A retry of the same run starts a fresh server.log; earlier attempts keep theirs as
+        server.attempt-N.log, so a diagnosis only ever reads this attempt's output."""
+        if not self.log_path.exists() or self.log_path.stat().st_size == 0:
+            return
+        n = 1
+        while (rotated := self.log_path.with_name(f"server.attempt-{n}.log")).exists():
+            n += 1
+        os.replace(self.log_path, rotated)
+
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._rotate_log()
         with self.log_path.open("ab") as log:
             log.write(f"# embedsweep: {self.redact(shlex.join(self.argv))}\n".encode())
             log.flush()
@@ -111,12 +123,18 @@ class ServerProcess:
                 raise ServerError(
                     f"engine command not found: {self.argv[0]}", code="engine_not_installed"
                 ) from None
-        pidfiles.write(
-            self.proc.pid,
-            port=self.port,
-            owner=self.owner,
-            command=self.redact(shlex.join(self.argv))[:500],
-        )
+        try:
+            record = pidfiles.write(
+                self.proc.pid,
+                port=self.port,
+                owner=self.owner,
+                command=self.redact(shlex.join(self.argv))[:500],
+            )
+        except BaseException:
+            # Without its pid file nothing could ever reap it: stop it now.
+            self.stop()
+            raise
+        self._started = record.started
 
     def _healthy(self) -> bool:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=2)
@@ -170,7 +188,8 @@ class ServerProcess:
         return ServerError(message, code=cause, transient=found.transient)
 
     def stop(self, grace_s: float = 15.0) -> int | None:
-        """Stop the whole process group; returns the server's exit code."""
+        """Stop the whole process group; returns the server's exit code (None if it could not
+        be stopped: its pid file then stays for ``embedsweep engine reap``)."""
         proc = self.proc
         if proc is None:
             return None
@@ -180,11 +199,32 @@ class ServerProcess:
                 proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 self._signal(signal.SIGKILL)
-                proc.wait(timeout=grace_s)
-        # Workers an engine forked may outlive the leader: sweep the group once more.
-        self._signal(signal.SIGKILL)
+                try:
+                    proc.wait(timeout=grace_s)
+                except subprocess.TimeoutExpired:
+                    # Stuck in the kernel (a hung GPU driver): leave the pid file for a reap.
+                    return None
+        # Workers an engine forked may outlive the leader: sweep the group once more, but only
+        # while it still has members of this server's generation (the leader's pid, which is the
+        # group id, may already belong to someone else).
+        pidfiles.kill_group(proc.pid, self._started)
         pidfiles.remove(proc.pid)
+        self._redact_log()
         return proc.returncode
+
+    def _redact_log(self) -> None:
+        """Engines print their own arguments (SGLang's --api-key among them): the run's log is
+        rewritten with every secret replaced before anything reads or uploads it."""
+        if not self._secrets or not self.log_path.exists():
+            return
+        data = self.log_path.read_bytes()
+        clean = data
+        for secret in self._secrets:
+            clean = clean.replace(secret.encode(), b"***")
+        if clean != data:
+            tmp = self.log_path.with_name(self.log_path.name + ".tmp")
+            tmp.write_bytes(clean)
+            os.replace(tmp, self.log_path)
 
     def exited(self) -> int | None:
         """The exit code if the server has exited, else None."""
@@ -192,11 +232,19 @@ class ServerProcess:
 
     def _signal(self, sig: int) -> None:
         assert self.proc is not None
+        if self.proc.returncode is not None:
+            # Reaped: its pid (= group id) may be reused; only signal surviving members.
+            pidfiles.kill_group(self.proc.pid, self._started, sig)
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
     def __enter__(self) -> ServerProcess:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(

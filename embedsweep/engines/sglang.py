@@ -3,7 +3,7 @@ of ``>= context length`` tokens, so the context length is one more than the long
 
 from __future__ import annotations
 
-from embedsweep.engines.base import Launch
+from embedsweep.engines.base import Launch, cuda_devices
 
 __all__ = ["SGLangAdapter"]
 
@@ -32,4 +32,4 @@ class SGLangAdapter:
         return argv
 
     def environment(self, launch: Launch) -> dict[str, str]:
-        return {"CUDA_VISIBLE_DEVICES": ",".join(launch.devices), **launch.env}
+        return {**launch.env, **cuda_devices(launch)}

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from embedsweep.engines.base import Launch
+from embedsweep.engines.base import Launch, cuda_devices
 from embedsweep.registry import _version_key
 
 __all__ = ["VLLMAdapter"]
@@ -32,8 +32,5 @@ class VLLMAdapter:
         return argv
 
     def environment(self, launch: Launch) -> dict[str, str]:
-        return {
-            "VLLM_API_KEY": launch.api_key,
-            "CUDA_VISIBLE_DEVICES": ",".join(launch.devices),
-            **launch.env,
-        }
+        # The pool's env first: the allocator's devices and the run's key are not negotiable.
+        return {**launch.env, "VLLM_API_KEY": launch.api_key, **cuda_devices(launch)}

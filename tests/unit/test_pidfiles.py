@@ -153,3 +153,60 @@ def test_unreadable_pid_files_are_dropped() -> None:
     (folder / "123.json").write_text("{not json")
     assert pidfiles.records() == []
     assert not (folder / "123.json").exists()
+
+
+def test_a_server_whose_pid_file_cannot_be_written_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The state folder is a file: the pid file cannot be written, so the server must not live on
+    # unrecorded (nothing could ever reap it).
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("EMBEDSWEEP_STATE_DIR", str(blocker))
+    server = ServerProcess(
+        ["sh", "-c", "sleep 300"],
+        env={},
+        log_path=tmp_path / "server.log",
+        host="127.0.0.1",
+        port=1,
+    )
+    with pytest.raises(NotADirectoryError), server:
+        pass
+    assert server.proc is not None
+    assert server.proc.returncode is not None
+    assert not _alive(server.proc.pid)
+
+
+def test_secrets_an_engine_prints_are_redacted_from_its_log(tmp_path: Path) -> None:
+    # SGLang takes its API key on the command line and prints its arguments at start-up.
+    secret = "sk-run-key-1234"
+    server = ServerProcess(
+        ["sh", "-c", "echo \"server_args=ServerArgs(api_key='$0')\"; sleep 300", secret],
+        env={},
+        log_path=tmp_path / "server.log",
+        host="127.0.0.1",
+        port=1,
+        secrets=(secret,),
+    )
+    with server:
+        deadline = time.monotonic() + 10
+        while "ServerArgs" not in (tmp_path / "server.log").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    text = (tmp_path / "server.log").read_text()
+    assert "api_key='***'" in text
+    assert secret not in text
+
+
+def test_each_attempt_of_a_run_gets_its_own_log(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    for word in ("first", "second"):
+        server = ServerProcess(
+            ["sh", "-c", f"echo {word}"], env={}, log_path=log, host="127.0.0.1", port=1
+        )
+        with server:
+            assert server.proc is not None
+            server.proc.wait(timeout=10)
+    assert "second" in log.read_text()
+    assert "first" not in log.read_text()
+    assert "first" in (tmp_path / "server.attempt-1.log").read_text()
