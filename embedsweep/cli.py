@@ -434,6 +434,42 @@ def validate(
 
 
 @app.command()
+def ingest(
+    runs: Annotated[
+        Path, typer.Argument(help="A run directory, or a folder of them (searched recursively).")
+    ],
+    warehouse: WarehouseOpt = DEFAULT_WAREHOUSE,
+    as_json: JsonFlag = False,
+) -> None:
+    """Load finished run directories (run.json + requests.parquet) into the warehouse.
+
+    Sweeps ingest their own runs; this is for runs left in shared storage by cells of a cancelled
+    distributed sweep, or copied from another machine. Runs already there are skipped.
+    """
+    from embedsweep import store
+
+    if not runs.exists():
+        _fail(f"{runs}: no such file or folder")
+    run_dirs = sorted(p.parent for p in runs.rglob("run.json")) if runs.is_dir() else []
+    if (runs / "run.json").is_file() and runs not in run_dirs:
+        run_dirs.insert(0, runs)
+    try:
+        con = store.open_warehouse(warehouse)
+    except EmbedsweepError as exc:
+        _fail(exc.message)
+    try:
+        new = store.ingest_runs(con, run_dirs)
+    except EmbedsweepError as exc:
+        _fail(exc.message, code=1)
+    finally:
+        con.close()
+    if as_json:
+        _echo_json({"found": len(run_dirs), "ingested": new, "warehouse": str(warehouse)})
+    else:
+        typer.echo(f"{new} new run(s) of {len(run_dirs)} found → {warehouse}")
+
+
+@app.command()
 def report(
     warehouse: WarehouseOpt = DEFAULT_WAREHOUSE,
     fmt: Annotated[

