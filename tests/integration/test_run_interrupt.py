@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -73,5 +74,20 @@ def test_interrupted_sweep_stops_its_server(tmp_path: Path, sig: signal.Signals)
     while _servers(model) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _servers(model) == []
-    # The interrupted cell wrote no run.json, so nothing half-done can be ingested.
-    assert list((tmp_path / "runs").glob("*/*/run.json")) == []
+    # The interrupted cell is recorded `cancelled`, with no half-done measurements.
+    [manifest] = list((tmp_path / "runs").glob("*/*/run.json"))
+    recorded = json.loads(manifest.read_text())
+    assert (recorded["status"], recorded["reason"], recorded["levels"]) == (
+        "cancelled",
+        "cancelled",
+        [],
+    )
+    assert not (manifest.parent / "requests.parquet").exists()
+    assert not (manifest.parent / "pending.json").exists()
+    # ... and loaded into the warehouse by the flow's cancellation / crash hook.
+    rows = subprocess.run(
+        [EMBEDSWEEP, "sql", "--json", "--warehouse", str(tmp_path / "w.duckdb"),
+         "SELECT status, reason FROM runs"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert json.loads(rows.stdout) == [{"status": "cancelled", "reason": "cancelled"}]
