@@ -7,10 +7,12 @@ shell around the library); it imports it only when called.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
@@ -44,6 +46,22 @@ WarehouseOpt = Annotated[
 def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _writable_problem(path: Path, what: str, *, is_file: bool) -> str | None:
+    """Why ``path`` (a file to create, or a folder) cannot be written, or None. Checked before a
+    sweep starts, by creating the folder and a probe file in it (permission bits say nothing for
+    root), so a typo fails in one line instead of after the preflight."""
+    if is_file and path.is_dir():
+        return f"{what} {path} is a folder, not a file"
+    folder = path.parent if is_file else path
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".embedsweep-probe-"):
+            pass
+    except OSError as exc:
+        return f"{what} {path}: cannot write to {folder} ({exc.strerror or exc})"
+    return None
 
 
 def _terminate_like_ctrl_c(signum: int, frame: object) -> None:
@@ -395,6 +413,12 @@ def run(
         spec = load_sweep(sweep_file)
     except ConfigError as exc:
         _fail(exc.message)
+    for problem in (
+        _writable_problem(warehouse or spec.warehouse, "warehouse", is_file=True),
+        _writable_problem(spec.artifacts, "artifacts folder", is_file=False),
+    ):
+        if problem:
+            _fail(problem)
     # The dry run first: what will run, what is rerouted, what is blocked and why.
     rows = preflight_sweep(spec)
     if not as_json:
@@ -436,7 +460,11 @@ def validate(
 @app.command()
 def ingest(
     runs: Annotated[
-        Path, typer.Argument(help="A run directory, or a folder of them (searched recursively).")
+        Path,
+        typer.Argument(
+            help="A run directory, or a folder of them (searched recursively).",
+            metavar="RUNS_DIR",
+        ),
     ],
     warehouse: WarehouseOpt = DEFAULT_WAREHOUSE,
     as_json: JsonFlag = False,
@@ -770,7 +798,28 @@ def engine_reap(
     typer.echo(f"{len(stopped)} orphaned server(s) stopped")
 
 
+def _reflow_help(group: typer.Typer) -> None:
+    """Docstrings are wrapped for the source; let the terminal wrap --help instead (paragraphs
+    stay apart). Lines starting with "-" or a space keep their own line."""
+    for info in group.registered_commands:
+        doc = info.help or (info.callback.__doc__ if info.callback else None)
+        if not doc:
+            continue
+        paragraphs = []
+        for para in inspect.cleandoc(doc).split("\n\n"):
+            lines = para.splitlines()
+            if any(line.startswith(("-", " ")) for line in lines):
+                paragraphs.append("\b\n" + para)  # click: keep this paragraph as written
+            else:
+                paragraphs.append(" ".join(line.strip() for line in lines))
+        info.help = "\n\n".join(paragraphs)
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _reflow_help(sub.typer_instance)
+
+
 def main() -> None:
+    _reflow_help(app)
     try:
         app()
     except ConfigError as exc:

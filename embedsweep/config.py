@@ -402,6 +402,8 @@ def _describe(error: Any) -> str:
 
 def parse_sweep(data: Any, *, source: str, base_dir: Path | None = None) -> SweepSpec:
     """Validate already-parsed data; ``source`` names it in error messages."""
+    if data is None:
+        raise ConfigError(f"{source}: the file is empty (expected a mapping of sweep fields)")
     if not isinstance(data, dict):
         raise ConfigError(
             f"{source}: expected a mapping of sweep fields, got {type(data).__name__}"

@@ -550,6 +550,10 @@ def sweep(
     to its pool's benchmark-cell deployment on one of the pool's hosts (work queues).
     """
     logger = get_run_logger()
+    cells = spec.cells()
+    if mode == "distributed":
+        # Refuse a sweep that cannot be placed before anything is recorded or started.
+        _slots(spec, {cell.pool.name for cell in cells})
     sweep_run_id = _flow_run_id() or uuid.uuid4().hex
     stale = pidfiles.reap()
     if stale:
@@ -558,7 +562,6 @@ def sweep(
     started = datetime.now(UTC)
     _record_sweep(db, spec, sweep_run_id, started, None)
 
-    cells = spec.cells()
     checked = [preflight_task(cell, spec.fallback_engine) for cell in cells]
     runnable = [
         (cell, checks) for cell, (checks, _) in zip(cells, checked, strict=True)

@@ -100,3 +100,13 @@ def test_artifacts_and_regression_events(
     assert event.resource.id.startswith("embedsweep.cell.")
     assert event.payload["sweep_run_id"] == second["sweep_run_id"]
     assert event.payload["change"] < -0.5
+
+
+def test_distributed_without_hosts_refused_before_anything_runs(tmp_path: Path) -> None:
+    """A distributed sweep whose pool lists no hosts cannot be placed: the flow fails at once with
+    a message that says what to add, and writes neither a warehouse nor a run directory."""
+    spec = _spec(tmp_path)
+    with pytest.raises(ValueError, match=r"pool 'cpu' lists no hosts: distributed mode needs"):
+        sweep(spec, mode="distributed")
+    assert not (tmp_path / "w.duckdb").exists()
+    assert not (tmp_path / "runs").exists()

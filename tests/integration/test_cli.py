@@ -63,6 +63,31 @@ def test_bad_sweep_file_exits_2_and_writes_nothing(tmp_path: Path, case: str) ->
     assert not (tmp_path / "warehouse").exists()
 
 
+@pytest.mark.parametrize("where", ["warehouse", "artifacts", "warehouse folder"])
+def test_unwritable_output_paths_exit_2_in_one_line(tmp_path: Path, where: str) -> None:
+    """A warehouse or artifacts path that cannot be written fails before the preflight and the
+    flow start: one line naming the path, exit 2, no warehouse created."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    spec = _sweep(tmp_path)
+    if where == "warehouse":
+        spec["warehouse"] = str(blocker / "w.duckdb")
+    elif where == "artifacts":
+        spec["artifacts"] = str(blocker / "runs")
+    else:
+        spec["warehouse"] = str(tmp_path)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = _cli("run", str(path), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert str(tmp_path) in lines[0]
+    assert result.stdout == ""
+    assert not (tmp_path / "w.duckdb").exists()
+
+
 def test_preflight_contract_and_exit_codes() -> None:
     ok = _cli("preflight", MODEL, "--engine", "hf", "--chunk-size", "256", "--json")
     assert ok.returncode == 0, ok.stderr

@@ -19,7 +19,9 @@ def _write(tmp_path: Path, data: Any) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["local-cpu.yaml", "seed.yaml"])
+@pytest.mark.parametrize(
+    "name", ["local-cpu.yaml", "local-hosts.yaml", "nightly.yaml", "seed.yaml"]
+)
 def test_shipped_sweeps_are_valid(name: str) -> None:
     spec = load_sweep(ROOT / "sweeps" / name)
     assert spec.cells()
@@ -91,6 +93,11 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_sweep(_write(tmp_path, "- just\n- a list\n"))
+
+
+def test_empty_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load_sweep(_write(tmp_path, "# only a comment\n"))
 
 
 def test_requests_and_duration_are_exclusive(minimal_sweep: dict[str, Any]) -> None:

@@ -190,7 +190,8 @@ def test_secrets_an_engine_prints_are_redacted_from_its_log(tmp_path: Path) -> N
     )
     with server:
         deadline = time.monotonic() + 10
-        while "ServerArgs" not in (tmp_path / "server.log").read_text():
+        # The log's header line names the command (with "ServerArgs" in it): wait for the output.
+        while "\nserver_args=" not in (tmp_path / "server.log").read_text():
             assert time.monotonic() < deadline
             time.sleep(0.02)
     text = (tmp_path / "server.log").read_text()
