@@ -37,6 +37,7 @@ __all__ = [
     "series_key",
     "summary_line",
     "sweeps",
+    "with_sweep",
 ]
 
 ReportFormat = Literal["table", "markdown", "json", "html"]
@@ -280,6 +281,14 @@ def cheapest(rows: Sequence[ReportRow]) -> list[ReportRow]:
     return sorted(best.values(), key=lambda r: finite_number(r.get("cost_per_million_tokens")) or 0)
 
 
+def with_sweep(columns: Sequence[Column], rows: Sequence[ReportRow]) -> tuple[Column, ...]:
+    """``columns`` with a leading sweep column when the rows come from more than one sweep (the
+    same model, engine and chunk size can then appear once per sweep)."""
+    if len(sweeps(rows)) <= 1:
+        return tuple(columns)
+    return (("sweep", lambda r: _text(r.get("sweep")), False), *columns)
+
+
 def summary_line(rows: Sequence[ReportRow]) -> str:
     """Sweeps and cell counts in one line, for the top of a report."""
     counts = ", ".join(f"{n} {status}" for status, n in cell_counts(rows).items())
@@ -316,10 +325,11 @@ def _markdown(rows: Sequence[ReportRow]) -> str:
     parts.append(_md_table(_CHEAPEST_COLUMNS, cheap_rows) if cheap_rows else NO_PRICES_NOTE)
     parts += ["", "## Blocked and failed", ""]
     problem_rows = problems(rows)
-    parts.append(_md_table(PROBLEM_COLUMNS, problem_rows) if problem_rows else "None.")
+    problem_table = _md_table(with_sweep(PROBLEM_COLUMNS, rows), problem_rows)
+    parts.append(problem_table if problem_rows else "None.")
     parts += ["", "## Comparison", ""]
     if rows:
-        parts.append(_md_table(FULL_COLUMNS, rows))
+        parts.append(_md_table(with_sweep(FULL_COLUMNS, rows), rows))
         if any(_status(row) == "ok*" for row in rows):
             parts += ["", INVALID_NOTE]
     else:
@@ -332,10 +342,11 @@ def _rich(rows: Sequence[ReportRow], width: int) -> str:
     # A StringIO console is not a terminal: rich writes plain text with no colour codes.
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
     comparison = Table(title="Comparison", box=box.SIMPLE_HEAD)
-    for header, _, right in COMPARISON_COLUMNS:
+    columns = with_sweep(COMPARISON_COLUMNS, rows)
+    for header, _, right in columns:
         comparison.add_column(header, justify="right" if right else "left")
     for row in rows:
-        comparison.add_row(*(fmt(row) for _, fmt, _ in COMPARISON_COLUMNS))
+        comparison.add_row(*(fmt(row) for _, fmt, _ in columns))
     if rows:
         console.print(comparison)
         if any(_status(row) == "ok*" for row in rows):
@@ -345,10 +356,11 @@ def _rich(rows: Sequence[ReportRow], width: int) -> str:
     problem_rows = problems(rows)
     if problem_rows:
         blocked = Table(title="Blocked and failed", box=box.SIMPLE_HEAD)
-        for header, _, right in PROBLEM_COLUMNS:
+        problem_columns = with_sweep(PROBLEM_COLUMNS, rows)
+        for header, _, right in problem_columns:
             blocked.add_column(header, justify="right" if right else "left", overflow="fold")
         for row in problem_rows:
-            blocked.add_row(*(fmt(row) for _, fmt, _ in PROBLEM_COLUMNS))
+            blocked.add_row(*(fmt(row) for _, fmt, _ in problem_columns))
         console.print(blocked)
     # rich pads every line to the console width; the padding is noise in a file or a diff.
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"

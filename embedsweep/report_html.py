@@ -26,6 +26,7 @@ from embedsweep.report import (
     problems,
     series_key,
     sweeps,
+    with_sweep,
 )
 
 __all__ = ["LegendEntry", "Line", "bar_chart", "line_chart", "render_html"]
@@ -485,10 +486,14 @@ def render_html(rows: Sequence[ReportRow]) -> str:
         _section(
             "problems",
             "Blocked and failed cells",
-            _table(PROBLEM_COLUMNS, problem_rows, "problems") if problem_rows else _note("None."),
+            _table(with_sweep(PROBLEM_COLUMNS, rows), problem_rows, "problems")
+            if problem_rows
+            else _note("None."),
         )
     )
-    comparison = _table(FULL_COLUMNS, rows, "comparison") if rows else _note("No results.")
+    comparison = (
+        _table(with_sweep(FULL_COLUMNS, rows), rows, "comparison") if rows else _note("No results.")
+    )
     if any(r.get("status") == "ok" and r.get("valid") is False for r in rows):
         comparison += _note(INVALID_NOTE)
     sections.append(_section("comparison", "Comparison", comparison))

@@ -207,6 +207,21 @@ def test_table_shows_formatted_numbers_and_blocked_cells() -> None:
     assert "NVEmbedModel | not in vLLM's registry" in blocked
 
 
+def test_a_sweep_column_appears_only_when_rows_come_from_several_sweeps() -> None:
+    both = [row(), row(sweep="local-cpu", sweep_run_id="s2", concurrency=4)]
+    table = render(both, "table", width=200)
+    header = next(line for line in table.splitlines() if "model" in line)
+    assert header.split()[:2] == ["sweep", "model"]
+    assert any(line.split()[:2] == ["local-cpu", "e5-base-v2"] for line in table.splitlines())
+    comparison = _section(render(both, "markdown"), "Comparison")
+    assert comparison[0].startswith("| sweep | model |")
+    assert "<th>sweep</th>" in render(both, "html")
+
+    one = render([row(), row(concurrency=4)], "table", width=200)
+    assert next(line for line in one.splitlines() if "model" in line).split()[0] == "model"
+    assert not _section(render([row()], "markdown"), "Comparison")[0].startswith("| sweep")
+
+
 def test_table_of_no_rows_says_so() -> None:
     assert render([], "table").strip() == "No results."
 
