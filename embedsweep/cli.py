@@ -48,19 +48,15 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _writable_problem(path: Path, what: str, *, is_file: bool) -> str | None:
-    """Why ``path`` (a file to create, or a folder) cannot be written, or None. Checked before a
-    sweep starts, by creating the folder and a probe file in it (permission bits say nothing for
-    root), so a typo fails in one line instead of after the preflight."""
-    if is_file and path.is_dir():
-        return f"{what} {path} is a folder, not a file"
-    folder = path.parent if is_file else path
+def _unwritable_folder(path: Path, what: str) -> str | None:
+    """Why the folder ``path`` cannot be written, or None: found by creating it and a probe file
+    in it (permission bits say nothing for root)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".embedsweep-probe-"):
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".embedsweep-probe-"):
             pass
     except OSError as exc:
-        return f"{what} {path}: cannot write to {folder} ({exc.strerror or exc})"
+        return f"{what} {path}: cannot write to it ({exc.strerror or exc})"
     return None
 
 
@@ -413,12 +409,17 @@ def run(
         spec = load_sweep(sweep_file)
     except ConfigError as exc:
         _fail(exc.message)
-    for problem in (
-        _writable_problem(warehouse or spec.warehouse, "warehouse", is_file=True),
-        _writable_problem(spec.artifacts, "artifacts folder", is_file=False),
-    ):
-        if problem:
-            _fail(problem)
+    # Where the results go, checked before anything starts: a typo fails in one line, not in a
+    # traceback after the preflight. The artifacts folder first, so a bad one leaves no warehouse.
+    problem = _unwritable_folder(spec.artifacts, "artifacts folder")
+    if problem:
+        _fail(problem)
+    from embedsweep import store
+
+    try:
+        store.open_warehouse(warehouse or spec.warehouse).close()  # the sweep's first step anyway
+    except EmbedsweepError as exc:
+        _fail(exc.message)
     # The dry run first: what will run, what is rerouted, what is blocked and why.
     rows = preflight_sweep(spec)
     if not as_json:
@@ -800,26 +801,21 @@ def engine_reap(
 
 def _reflow_help(group: typer.Typer) -> None:
     """Docstrings are wrapped for the source; let the terminal wrap --help instead (paragraphs
-    stay apart). Lines starting with "-" or a space keep their own line."""
+    stay apart)."""
     for info in group.registered_commands:
         doc = info.help or (info.callback.__doc__ if info.callback else None)
-        if not doc:
-            continue
-        paragraphs = []
-        for para in inspect.cleandoc(doc).split("\n\n"):
-            lines = para.splitlines()
-            if any(line.startswith(("-", " ")) for line in lines):
-                paragraphs.append("\b\n" + para)  # click: keep this paragraph as written
-            else:
-                paragraphs.append(" ".join(line.strip() for line in lines))
-        info.help = "\n\n".join(paragraphs)
+        if doc:
+            paragraphs = inspect.cleandoc(doc).split("\n\n")
+            info.help = "\n\n".join(" ".join(p.split()) for p in paragraphs)
     for sub in group.registered_groups:
         if sub.typer_instance is not None:
             _reflow_help(sub.typer_instance)
 
 
+_reflow_help(app)  # every command is registered by now
+
+
 def main() -> None:
-    _reflow_help(app)
     try:
         app()
     except ConfigError as exc:

@@ -325,8 +325,9 @@ def _markdown(rows: Sequence[ReportRow]) -> str:
     parts.append(_md_table(_CHEAPEST_COLUMNS, cheap_rows) if cheap_rows else NO_PRICES_NOTE)
     parts += ["", "## Blocked and failed", ""]
     problem_rows = problems(rows)
-    problem_table = _md_table(with_sweep(PROBLEM_COLUMNS, rows), problem_rows)
-    parts.append(problem_table if problem_rows else "None.")
+    parts.append(
+        _md_table(with_sweep(PROBLEM_COLUMNS, rows), problem_rows) if problem_rows else "None."
+    )
     parts += ["", "## Comparison", ""]
     if rows:
         parts.append(_md_table(with_sweep(FULL_COLUMNS, rows), rows))

@@ -206,7 +206,12 @@ def open_warehouse(
     if read_only and not path.exists():
         raise ConfigError(f"no warehouse at {path}; run a sweep first")
     if not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot open warehouse {path}: cannot create {path.parent} ({exc.strerror or exc})"
+            ) from exc
     con = _connect(path, read_only=read_only, lock_timeout_s=lock_timeout_s)
     try:
         if read_only:
