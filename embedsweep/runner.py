@@ -17,13 +17,15 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedsweep.config import Cell, EngineCommand, LoadSpec, PoolSpec, split_engine
 from embedsweep.engines import Launch, server_for
@@ -34,14 +36,20 @@ from embedsweep.preflight import PoolLimits, run_preflight
 from embedsweep.records import LevelSummary, PreflightResult, Reason, RunManifest
 from embedsweep.registry import LiveArchitectures, live_architectures
 
+if TYPE_CHECKING:
+    from embedsweep.telemetry import GpuTelemetry
+
 __all__ = [
     "CellPlan",
     "Progress",
     "engine_command",
     "finalize_run",
     "finalize_unfinished",
+    "group_cells",
     "preflight_cell",
     "run_cell",
+    "run_group",
+    "server_key",
     "write_manifest",
 ]
 
@@ -113,7 +121,10 @@ def engine_command(pool: PoolSpec, ref: str) -> EngineCommand | None:
     installed = engine_envs.lookup(name, pin)
     if installed is not None:
         return EngineCommand(
-            command=list(installed.command), version=pin, python=str(installed.python)
+            command=list(installed.command),
+            version=pin,
+            python=str(installed.python),
+            build="cpu" if installed.build == "cpu" else None,
         )
     bare = pool.engines.get(name)
     if bare is not None and bare.version == pin:
@@ -260,13 +271,58 @@ class _Measured:
     devices: tuple[str, ...] = ()
     port_released: bool | None = None
     gpu_memory_released: bool | None = None
+    server_id: str | None = None
 
     def fields(self) -> dict[str, object]:
         return {
             "devices": list(self.devices),
             "port_released": self.port_released,
             "gpu_memory_released": self.gpu_memory_released,
+            "server_id": self.server_id,
+            "time_to_healthy_s": self.time_to_healthy_s,
         }
+
+
+def _served_engine(cell: Cell, final: PreflightResult) -> str:
+    """The engine reference a cell is served by: the sweep's (pin included), or its fallback."""
+    return cell.engine if final.engine == cell.engine_name else final.engine
+
+
+def server_key(plan: CellPlan, final: PreflightResult) -> tuple[object, ...]:
+    """What a server is started with, apart from its length limit: cells with equal keys share
+    one server (:func:`run_group`)."""
+    cell, model = plan.cell, plan.cell.model
+    return (
+        model.display_name,
+        model.source,
+        model.revision,
+        model.dtype,
+        model.trust_remote_code,
+        _served_engine(cell, final),
+        final.engine_version,
+        cell.pool.name,
+        plan.devices,
+        plan.host,
+    )
+
+
+def group_cells(
+    items: Sequence[tuple[CellPlan, list[PreflightResult]]],
+) -> list[list[int]]:
+    """Indices of ITEMS (runnable cells and their preflight results) grouped by server key, in
+    the order each key first appears; a blocked cell is a group of its own."""
+    groups: dict[tuple[object, ...], list[int]] = {}
+    out: list[list[int]] = []
+    for index, (plan, checks) in enumerate(items):
+        if checks[-1].verdict != "ok":
+            out.append([index])
+            continue
+        key = server_key(plan, checks[-1])
+        if key not in groups:
+            groups[key] = []
+            out.append(groups[key])
+        groups[key].append(index)
+    return out
 
 
 def _level_failure(records: object, concurrency: int) -> ServerError | None:
@@ -308,10 +364,14 @@ def _memory_returned(devices: tuple[str, ...], before: dict[str, float] | None) 
 
 
 def _launch(
-    plan: CellPlan, meta: ModelMeta, final: PreflightResult, devices: tuple[str, ...]
+    plan: CellPlan,
+    meta: ModelMeta,
+    final: PreflightResult,
+    devices: tuple[str, ...],
+    max_input_tokens: int,
 ) -> Launch:
     cell = plan.cell
-    ref = cell.engine if final.engine == cell.engine_name else final.engine
+    ref = _served_engine(cell, final)
     command = engine_command(cell.pool, ref)
     if command is None and split_engine(ref)[1]:
         name, pin = split_engine(ref)
@@ -325,7 +385,7 @@ def _launch(
         served_name=cell.model.display_name,
         port=free_port(),
         api_key=secrets.token_urlsafe(24),
-        max_input_tokens=final.max_input_tokens or cell.chunk_size,
+        max_input_tokens=max_input_tokens,
         dtype=cell.model.dtype,
         revision=cell.model.revision,
         trust_remote_code=cell.model.trust_remote_code,
@@ -335,22 +395,136 @@ def _launch(
         command=tuple(command.command) if command else (),
         version=final.engine_version,
         env=dict(command.env) if command else {},
+        build=command.build if command else None,
     )
 
 
-def _measure(
-    plan: CellPlan,
-    meta: ModelMeta,
-    final: PreflightResult,
-    run_dir: Path,
-    run_id: str,
+@dataclass
+class _Item:
+    """One cell of a group on its way to a manifest."""
+
+    plan: CellPlan
+    checks: list[PreflightResult]
+    meta: ModelMeta | None
+    run_id: str
+    started_at: str
+    result: RunManifest | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.plan.artifacts / self.plan.sweep_run_id / self.run_id
+
+    def manifest(self, status: str, **fields: object) -> RunManifest:
+        return _manifest(
+            self.plan,
+            run_id=self.run_id,
+            engine=self.checks[-1].engine,
+            checks=self.checks,
+            started_at=self.started_at,
+            status=status,
+            **fields,
+        )
+
+
+def _run_levels(
+    item: _Item,
+    server: ServerProcess,
+    launch: Launch,
+    telemetry: GpuTelemetry,
     progress: Progress | None,
     out: _Measured,
 ) -> None:
+    """Every load level of ITEM's cell against the running SERVER; writes requests.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedsweep.loadgen import run_level_sync
+    from embedsweep.metrics import summarize
+
+    plan = item.plan
+    cell, load = plan.cell, plan.load
+    assert item.meta is not None
+    payloads, expected = _calibrated_payloads(item.meta, plan, cell.model.display_name)
+    tables = []
+    for concurrency in load.concurrency:
+        if progress:
+            progress(0, f"{cell.label}: concurrency {concurrency}")
+        when = f"during the load at concurrency {concurrency}"
+        try:
+            with telemetry.level(concurrency):
+                records = run_level_sync(
+                    server.url,
+                    payloads,
+                    expected,
+                    concurrency=concurrency,
+                    requests=load.requests,
+                    duration_s=load.duration_s,
+                    warmup=load.warmup_requests,
+                    timeout_s=load.request_timeout_s,
+                    api_key=launch.api_key,
+                )
+        except EmbedsweepError:
+            code = server.exited()
+            if code is not None:
+                raise server.exit_error(code, when, tail_lines=20) from None
+            raise
+        code = server.exited()
+        if code is not None:
+            raise server.exit_error(code, when, tail_lines=20)
+        failure = _level_failure(records, concurrency)
+        if failure is not None:
+            raise failure
+        summary = summarize(
+            records,
+            batch_size=load.batch_size,
+            cost_per_gpu_hour=cell.pool.cost_per_gpu_hour,
+            gpu_count=cell.pool.tensor_parallel_size,
+        )
+        gpu_summary = telemetry.summary(concurrency)
+        out.levels.append(summary.model_copy(update=gpu_summary))
+        tables.append(records.to_arrow(item.run_id))
+        if progress:
+            progress(1, f"{cell.label}: concurrency {concurrency} done")
+    _write_table(pa.concat_tables(tables), item.run_dir / "requests.parquet", pq)
+    samples = telemetry.to_arrow(item.run_id)
+    if samples.num_rows:
+        _write_table(samples, item.run_dir / "telemetry.parquet", pq)
+
+
+def _copy_log(source: Path, run_dir: Path) -> None:
+    """A run served by a server another run started gets the server's log as it was when the
+    run ended, so every run directory holds the log its diagnosis read."""
+    target = run_dir / "server.log"
+    if source == target or not source.exists():
+        return
+    tmp = target.with_name("server.log.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+@dataclass
+class _GroupServer:
+    """The group's server as far as it got (filled in by :func:`_measure_group`)."""
+
+    server: ServerProcess | None = None
+    devices: tuple[str, ...] = ()
+    memory_before: dict[str, float] | None = None
+
+
+def _measure_group(
+    items: list[_Item], progress: Progress | None, outs: list[_Measured], state: _GroupServer
+) -> None:
+    """Start one server for ITEMS and run each item's levels on it, recording each item as it
+    ends. Raises what stops the server from serving at all (start-up, device, install); what
+    ends one cell is recorded there and the next cell goes on, unless the server died."""
     from embedsweep.engines import pidfiles
     from embedsweep.gpus import DeviceAllocator, resolve_devices
+    from embedsweep.telemetry import GpuTelemetry, memory_used_mib
 
-    cell = plan.cell
+    first = items[0]
+    plan, cell = first.plan, first.plan.cell
+    assert first.meta is not None
+    final = first.checks[-1]
     # A server whose owner died without stopping it may still hold a device whose lock died
     # with that owner: stop such orphans before taking a device.
     pidfiles.reap()
@@ -363,86 +537,72 @@ def _measure(
         owner=f"{plan.owner or plan.sweep_run_id} {cell.label}",
         timeout_s=plan.device_wait_s,
     ) as allocation:
-        out.devices = tuple(allocation.devices)
-        _serve_and_load(plan, meta, final, run_dir, run_id, progress, out)
+        taken = state.devices = tuple(allocation.devices)
+        for out in outs:
+            out.devices = taken
+        # One server for every chunk size of the group: its limit is the longest of them.
+        limit = max(item.plan.cell.chunk_size for item in items)
+        launch = _launch(plan, first.meta, final, taken, limit)
+        gpu = launch.devices != ("cpu",)
+        state.memory_before = memory_used_mib(launch.devices) if gpu else None
+        log = first.run_dir / "server.log"
+        server = state.server = server_for(final.engine, launch, log, owner=plan.owner)
+        telemetry = GpuTelemetry(launch.devices if gpu else ())
+        server_id = uuid.uuid4().hex
+        try:
+            with server:
+                if progress:
+                    progress(0, f"{cell.label}: starting {final.engine}")
+                healthy_s = server.wait_healthy(plan.startup_timeout_s)
+                outs[0].time_to_healthy_s = healthy_s
+                died: ServerError | None = None
+                for item, out in zip(items, outs, strict=True):
+                    out.server_id = server_id
+                    if died is not None:
+                        item.result = item.manifest(
+                            "failed",
+                            reason=died.code,
+                            message=f"not measured: the server died in an earlier cell: "
+                            f"{died.message}",
+                            **out.fields(),
+                        )
+                    else:
+                        item.result = _measure_item(item, server, launch, telemetry, progress, out)
+                        if item.result.status == "failed" and server.exited() is not None:
+                            died = ServerError(item.result.message or "", code=item.result.reason)
+                    _copy_log(log, item.run_dir)
+                    # Written now while the server serves on; the last cell, and every cell
+                    # from a death on, after the stop, with whether the port was released.
+                    if died is None and item is not items[-1]:
+                        write_manifest(item.run_dir, item.result)
+                        _discard_pending(item.run_dir)
+        finally:
+            telemetry.close()
 
 
-def _serve_and_load(
-    plan: CellPlan,
-    meta: ModelMeta,
-    final: PreflightResult,
-    run_dir: Path,
-    run_id: str,
+def _measure_item(
+    item: _Item,
+    server: ServerProcess,
+    launch: Launch,
+    telemetry: GpuTelemetry,
     progress: Progress | None,
     out: _Measured,
-) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from embedsweep.loadgen import run_level_sync
-    from embedsweep.metrics import summarize
-    from embedsweep.telemetry import GpuTelemetry, memory_used_mib
-
-    cell, load = plan.cell, plan.load
-    payloads, expected = _calibrated_payloads(meta, plan, cell.model.display_name)
-    launch = _launch(plan, meta, final, out.devices)
-    gpu = launch.devices != ("cpu",)
-    memory_before = memory_used_mib(launch.devices) if gpu else None
-    server = server_for(final.engine, launch, run_dir / "server.log", owner=plan.owner)
-    tables = []
-    telemetry = GpuTelemetry(launch.devices if gpu else ())
+) -> RunManifest:
+    """One cell's levels on a healthy server, as its manifest (failed when something ended it)."""
     try:
-        with server:
-            if progress:
-                progress(0, f"{cell.label}: starting {final.engine}")
-            out.time_to_healthy_s = server.wait_healthy(plan.startup_timeout_s)
-            for concurrency in load.concurrency:
-                if progress:
-                    progress(0, f"{cell.label}: concurrency {concurrency}")
-                when = f"during the load at concurrency {concurrency}"
-                try:
-                    with telemetry.level(concurrency):
-                        records = run_level_sync(
-                            server.url,
-                            payloads,
-                            expected,
-                            concurrency=concurrency,
-                            requests=load.requests,
-                            duration_s=load.duration_s,
-                            warmup=load.warmup_requests,
-                            timeout_s=load.request_timeout_s,
-                            api_key=launch.api_key,
-                        )
-                except EmbedsweepError:
-                    code = server.exited()
-                    if code is not None:
-                        raise server.exit_error(code, when, tail_lines=20) from None
-                    raise
-                code = server.exited()
-                if code is not None:
-                    raise server.exit_error(code, when, tail_lines=20)
-                failure = _level_failure(records, concurrency)
-                if failure is not None:
-                    raise failure
-                summary = summarize(
-                    records,
-                    batch_size=load.batch_size,
-                    cost_per_gpu_hour=cell.pool.cost_per_gpu_hour,
-                    gpu_count=cell.pool.tensor_parallel_size,
-                )
-                gpu_summary = telemetry.summary(concurrency)
-                out.levels.append(summary.model_copy(update=gpu_summary))
-                tables.append(records.to_arrow(run_id))
-                if progress:
-                    progress(1, f"{cell.label}: concurrency {concurrency} done")
-    finally:
-        telemetry.close()
-        out.port_released = _released(server)
-        out.gpu_memory_released = _memory_returned(launch.devices, memory_before) if gpu else None
-    _write_table(pa.concat_tables(tables), run_dir / "requests.parquet", pq)
-    samples = telemetry.to_arrow(run_id)
-    if samples.num_rows:
-        _write_table(samples, run_dir / "telemetry.parquet", pq)
+        _run_levels(item, server, launch, telemetry, progress, out)
+    except EmbedsweepError as exc:
+        return item.manifest("failed", reason=exc.code, message=exc.message, **out.fields())
+    except Exception as exc:
+        # A bug or an environment problem (disk full, ...): this cell failed, the sweep goes on.
+        _log.exception("%s: unexpected error", item.plan.cell.label)
+        return item.manifest(
+            "failed",
+            reason="unknown",
+            message=f"unexpected {type(exc).__name__}: {exc}",
+            **out.fields(),
+        )
+    return item.manifest("ok", levels=out.levels, **out.fields())
 
 
 def _released(server: ServerProcess) -> bool | None:
@@ -481,6 +641,110 @@ def finalize_unfinished(sweep_dir: Path) -> list[Path]:
     return [p.parent for p in sorted(sweep_dir.glob("*/pending.json")) if finalize_run(p.parent)]
 
 
+def _finish(items: list[_Item], outs: list[_Measured], code: str, message: str) -> None:
+    """Record every item of the group that has no result yet as failed with CODE."""
+    for item, out in zip(items, outs, strict=True):
+        if item.result is None:
+            item.result = item.manifest("failed", reason=code, message=message, **out.fields())
+
+
+def _written(item: _Item) -> bool:
+    return (item.run_dir / "run.json").exists()
+
+
+def _run_runnable(items: list[_Item], progress: Progress | None, raise_transient: bool) -> None:
+    for item in items:
+        pending = item.manifest("cancelled", reason="cancelled", message=CANCELLED_MESSAGE)
+        write_manifest(item.run_dir, pending, name="pending.json")
+    outs = [_Measured(levels=[]) for _ in items]
+    state = _GroupServer()
+    try:
+        _measure_group(items, progress, outs, state)
+    except ServerError as exc:
+        if exc.transient and raise_transient and all(item.result is None for item in items):
+            # Retried as a new run; these directories keep their server.log but are no runs.
+            for item in items:
+                _discard_pending(item.run_dir)
+            raise
+        _finish(items, outs, exc.code, exc.message)
+    except EmbedsweepError as exc:
+        _finish(items, outs, exc.code, exc.message)
+    except Exception as exc:
+        _log.exception("%s: unexpected error", items[0].plan.cell.label)
+        _finish(items, outs, "unknown", f"unexpected {type(exc).__name__}: {exc}")
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM, Prefect's cancellation): record what did not finish,
+        # then let it go on.
+        for item, out in zip(items, outs, strict=True):
+            if not _written(item):
+                cancelled = item.manifest(
+                    "cancelled", reason="cancelled", message=CANCELLED_MESSAGE, **out.fields()
+                )
+                write_manifest(item.run_dir, cancelled)
+            _discard_pending(item.run_dir)
+        raise
+    # The server is stopped by now: did it give back its port and the devices' memory?
+    released = _released(state.server) if state.server is not None else None
+    gpu = state.server is not None and state.devices not in ((), ("cpu",))
+    freed = _memory_returned(state.devices, state.memory_before) if gpu else None
+    for item in items:
+        if _written(item):
+            continue
+        assert item.result is not None
+        update: dict[str, object] = {"port_released": released, "gpu_memory_released": freed}
+        write_manifest(item.run_dir, item.result.model_copy(update=update))
+        _discard_pending(item.run_dir)
+
+
+def run_group(
+    plans: Sequence[CellPlan],
+    *,
+    checked: Sequence[tuple[list[PreflightResult], ModelMeta | None] | None] | None = None,
+    progress: Progress | None = None,
+    raise_transient: bool = False,
+    run_ids: Sequence[str | None] | None = None,
+) -> list[RunManifest]:
+    """Run cells that share one server (equal :func:`server_key`; see :func:`group_cells`) and
+    write each cell's run directory; returns their manifests in order.
+
+    The server starts once, with the longest chunk size of the group as its limit, and every
+    cell's levels run against it; the time to healthy is stored on the run that started it, the
+    ``server_id`` on all of them, and the server's log is copied into each run directory when
+    its cell ends. A cell whose levels fail while the server stays up (every request refused:
+    ``context_overflow``) is recorded failed and the next cell goes on; a server that dies
+    ends the group: the remaining cells are recorded failed with its cause, and nothing is
+    restarted. Blocked cells are recorded without a server. ``checked``, ``raise_transient``
+    and ``run_ids`` are per cell as in :func:`run_cell`; a transient start-up failure is
+    raised only while no cell has a result yet.
+    """
+    items = []
+    for index, plan in enumerate(plans):
+        got = checked[index] if checked else None
+        checks, meta = got or preflight_cell(plan.cell, fallback_engine=plan.fallback_engine)
+        run_id = (run_ids[index] if run_ids else None) or uuid.uuid4().hex
+        items.append(_Item(plan, checks, meta, run_id, _now()))
+    runnable = []
+    for item in items:
+        final = item.checks[-1]
+        if final.verdict == "blocked" or item.meta is None:
+            blocking = final.blocking or item.checks[0].blocking
+            item.result = item.manifest(
+                "blocked",
+                reason=blocking[0].code if blocking else "unknown",
+                message="; ".join(r.message for r in blocking) or None,
+            )
+            write_manifest(item.run_dir, item.result)
+        else:
+            runnable.append(item)
+    if len({server_key(item.plan, item.checks[-1]) for item in runnable}) > 1:
+        raise ValueError("run_group: these cells need different servers (see group_cells)")
+    if runnable:
+        _run_runnable(runnable, progress, raise_transient)
+    results = [item.result for item in items]
+    assert all(result is not None for result in results)
+    return [result for result in results if result is not None]
+
+
 def run_cell(
     plan: CellPlan,
     *,
@@ -497,73 +761,13 @@ def run_cell(
     SystemExit, Prefect's cancellation) records the run ``cancelled`` and is re-raised.
     ``run_id`` lets a caller that dispatches the cell elsewhere know its run directory up front.
     """
-    run_id = run_id or uuid.uuid4().hex
-    run_dir = plan.artifacts / plan.sweep_run_id / run_id
-    started_at = _now()
-    checks, meta = checked or preflight_cell(plan.cell, fallback_engine=plan.fallback_engine)
-    final = checks[-1]
-
-    def manifest(status: str, **fields: object) -> RunManifest:
-        return _manifest(
-            plan,
-            run_id=run_id,
-            engine=final.engine,
-            checks=checks,
-            started_at=started_at,
-            status=status,
-            **fields,
-        )
-
-    if final.verdict == "blocked" or meta is None:
-        blocking = final.blocking or checks[0].blocking
-        result = manifest(
-            "blocked",
-            reason=blocking[0].code if blocking else "unknown",
-            message="; ".join(r.message for r in blocking) or None,
-        )
-        write_manifest(run_dir, result)
-        return result
-
-    pending = manifest("cancelled", reason="cancelled", message=CANCELLED_MESSAGE)
-    write_manifest(run_dir, pending, name="pending.json")
-    out = _Measured(levels=[])
-    try:
-        _measure(plan, meta, final, run_dir, run_id, progress, out)
-    except ServerError as exc:
-        if exc.transient and raise_transient:
-            # Retried as a new run; this directory keeps its server.log but is not a run.
-            _discard_pending(run_dir)
-            raise
-        result = manifest("failed", reason=exc.code, message=exc.message, **out.fields())
-    except EmbedsweepError as exc:
-        result = manifest("failed", reason=exc.code, message=exc.message, **out.fields())
-    except Exception as exc:
-        # A bug or an environment problem (disk full, ...): this cell failed, the sweep goes on.
-        _log.exception("%s: unexpected error", plan.cell.label)
-        result = manifest(
-            "failed",
-            reason="unknown",
-            message=f"unexpected {type(exc).__name__}: {exc}",
-            **out.fields(),
-        )
-    except BaseException:
-        # Interrupted (Ctrl-C, SIGTERM, Prefect's cancellation): record it, then let it go on.
-        write_manifest(
-            run_dir,
-            manifest("cancelled", reason="cancelled", message=CANCELLED_MESSAGE, **out.fields()),
-        )
-        _discard_pending(run_dir)
-        raise
-    else:
-        result = manifest(
-            "ok",
-            levels=out.levels,
-            time_to_healthy_s=out.time_to_healthy_s,
-            **out.fields(),
-        )
-    write_manifest(run_dir, result)
-    _discard_pending(run_dir)
-    return result
+    return run_group(
+        [plan],
+        checked=[checked],
+        progress=progress,
+        raise_transient=raise_transient,
+        run_ids=[run_id],
+    )[0]
 
 
 def _discard_pending(run_dir: Path) -> None:

@@ -336,6 +336,7 @@ def _run_row(manifest: RunManifest, path: Path) -> list[object]:
         ",".join(m.devices) or None,
         m.port_released,
         m.gpu_memory_released,
+        m.server_id,
     ]
 
 

@@ -39,8 +39,14 @@ from embedsweep.config import Cell, SweepSpec
 from embedsweep.engines import pidfiles
 from embedsweep.placement import cell_deployment_name
 from embedsweep.records import PreflightResult, RunManifest
-from embedsweep.runner import CellPlan, finalize_run, finalize_unfinished, write_manifest
-from tasks.cells import ingest_run_task, preflight_task, run_cell_task
+from embedsweep.runner import (
+    CellPlan,
+    finalize_run,
+    finalize_unfinished,
+    group_cells,
+    write_manifest,
+)
+from tasks.cells import ingest_run_task, preflight_task, run_group_task
 
 __all__ = ["sweep"]
 
@@ -586,25 +592,30 @@ def sweep(
     with Progress(*columns, disable=not show_progress) as bar:
         tracker = _Tracker(len(cells), total_levels, bar)
         remote = []
+        here: list[tuple[CellPlan, tuple[list[PreflightResult], Any]]] = []
         for cell, check in zip(cells, checked, strict=True):
             if mode == "distributed" and check[0][-1].verdict == "ok":
                 remote.append((cell, check[0]))
                 continue
             # Blocked cells are recorded here in either mode; local cells run here.
-            manifest = run_cell_task(
-                _plan(spec, cell, sweep_run_id, sweep_run_id), check, progress=tracker.advance
-            )
-            if manifest.status != "ok":
-                tracker.advance(1, f"{cell.label}: {manifest.status} ({manifest.reason})")
-            counts[manifest.status] += 1
-            _ingest(db, spec.artifacts / sweep_run_id / manifest.run_id)
-            tracker.cell_done()
-            logger.info(
-                "%s: %s%s",
-                cell.label,
-                manifest.status,
-                f" ({manifest.reason})" if manifest.reason else "",
-            )
+            here.append((_plan(spec, cell, sweep_run_id, sweep_run_id), check))
+        # One server per (model, engine, pool): every chunk size of it runs on that server.
+        for group in group_cells([(plan, check[0]) for plan, check in here]):
+            plans = [here[i][0] for i in group]
+            manifests = run_group_task(plans, [here[i][1] for i in group], progress=tracker.advance)
+            for plan, manifest in zip(plans, manifests, strict=True):
+                cell = plan.cell
+                if manifest.status != "ok":
+                    tracker.advance(1, f"{cell.label}: {manifest.status} ({manifest.reason})")
+                counts[manifest.status] += 1
+                _ingest(db, spec.artifacts / sweep_run_id / manifest.run_id)
+                tracker.cell_done()
+                logger.info(
+                    "%s: %s%s",
+                    cell.label,
+                    manifest.status,
+                    f" ({manifest.reason})" if manifest.reason else "",
+                )
         if remote:
             _distributed(spec, remote, sweep_run_id, db, tracker, counts)
     _record_sweep(db, spec, sweep_run_id, started, datetime.now(UTC))

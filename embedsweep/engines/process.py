@@ -109,6 +109,9 @@ class ServerProcess:
         self._rotate_log()
         with self.log_path.open("ab") as log:
             log.write(f"# embedsweep: {self.redact(shlex.join(self.argv))}\n".encode())
+            if self.env:
+                shown = " ".join(f"{k}={v}" for k, v in sorted(self.env.items()))
+                log.write(f"# embedsweep env: {self.redact(shown)}\n".encode())
             log.flush()
             try:
                 self.proc = subprocess.Popen(

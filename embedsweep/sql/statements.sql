@@ -34,8 +34,8 @@ INSERT INTO runs (
     run_id, sweep_run_id, sweep_name, cell_id, model, model_ref, engine, planned_engine, pool,
     gpu_model, gpu_count, cost_per_gpu_hour, chunk_size, batch_size, status, reason, message,
     engine_version, max_input_tokens, time_to_healthy_s, seed, started_at, finished_at, ingested_at,
-    host, devices, port_released, gpu_memory_released
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+    host, devices, port_released, gpu_memory_released, server_id
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: insert_preflight_reason
 INSERT INTO preflight_reasons (

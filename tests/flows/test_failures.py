@@ -97,7 +97,8 @@ class _Killer(threading.Thread):
 
 
 def test_server_killed_mid_level_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    # The first level runs 4 s; the server dies 1.5 s into it (after warm-up).
+    # The first level runs 4 s; the server dies 1.5 s into it (after warm-up). Both chunk sizes
+    # share that server: the second cell is recorded with the cause, and nothing is restarted.
     spec = _spec(
         tmp_path,
         load={
@@ -112,15 +113,25 @@ def test_server_killed_mid_level_is_recorded_and_the_sweep_goes_on(tmp_path: Pat
     summary = sweep(spec, show_progress=False)
     killer.join(timeout=5)
     assert killer.killed is not None
-    assert (summary["ok"], summary["failed"]) == (1, 1)
+    assert (summary["ok"], summary["failed"]) == (0, 2)
     first, second = _runs(tmp_path / "w.duckdb")
     assert first[:3] == (16, "failed", "server_crashed")
     assert "killed by signal 9 during the load at concurrency 2" in first[3]
     assert "server.log (last lines)" in first[3]
     assert "Uvicorn running" in first[3]
     assert first[4] is True  # the port was free again after the stop
-    assert second[:3] == (24, "ok", None)
-    # Nothing left: the killed server and the second cell's server are gone, pid files too.
+    assert second[:3] == (24, "failed", "server_crashed")
+    assert second[3].startswith("not measured: the server died in an earlier cell: ")
+    # One server start for both cells (one server id); each run directory holds its log.
+    con = store.open_warehouse(tmp_path / "w.duckdb", read_only=True)
+    try:
+        servers = store.query(con, "SELECT count(DISTINCT server_id) FROM runs")[1]
+    finally:
+        con.close()
+    assert servers == [(1,)]
+    logs = [p.read_text() for p in (tmp_path / "runs").rglob("server.log")]
+    assert len(logs) == 2 and all(log.count("# embedsweep: ") == 1 for log in logs)
+    # Nothing left: the killed server is gone, pid files too.
     assert not _alive(killer.killed.pid)
     assert pidfiles.records() == []
     assert port_is_free("127.0.0.1", killer.killed.port, timeout_s=1)
@@ -152,12 +163,12 @@ def test_a_server_that_never_becomes_ready_times_out_and_its_group_is_killed(
         # The retry delay (seconds of exponential backoff) is not what this test is about.
         mp.setattr(
             tasks.cells,
-            "run_cell_task",
-            tasks.cells.run_cell_task.with_options(retry_delay_seconds=0),
+            "run_group_task",
+            tasks.cells.run_group_task.with_options(retry_delay_seconds=0),
         )
         import flows.sweep
 
-        mp.setattr(flows.sweep, "run_cell_task", tasks.cells.run_cell_task)
+        mp.setattr(flows.sweep, "run_group_task", tasks.cells.run_group_task)
         summary = sweep(spec, show_progress=False)
     elapsed = time.monotonic() - started
     assert summary["failed"] == 1

@@ -53,6 +53,13 @@ EVIDENCE: dict[str, str | None] = {
     "unsupported_architecture__vllm010_nv_embed_v2_failed_inspection.log": "failed to be inspected",
     "unsupported_architecture__vllm033_nv_embed_v2.log": "Model architectures ['NVEmbedModel'] are",
     "unsupported_architecture__vllm09_arch_removed.log": "was supported in vLLM until v0.8.5",
+    # Real vLLM 0.32 CPU logs (an NVEmbedModel folder; see tests/engines/test_vllm_seed.py).
+    "unsupported_architecture__vllm032cpu_nv_embed_transformers_fallback.log": (
+        "has no vLLM implementation, falling back to Transformers implementation"
+    ),
+    "trust_remote_code_required__vllm032cpu_custom_code.log": (
+        "contains custom code which must be executed"
+    ),
 }
 
 # Only these failures can pass on a retry of the same cell (tasks/ retries them).
@@ -338,3 +345,29 @@ def test_error_body(status: int, body: str, cause: str, evidence: str | None) ->
     else:
         assert result.evidence is not None
         assert evidence in result.evidence
+
+
+def test_transformers_fallback_that_served_then_crashed_is_no_architecture_problem() -> None:
+    """The fallback warning decides only for a server that never came up."""
+    text = (
+        "WARNING [utils.py:312] FooModel has no vLLM implementation, falling back to "
+        "Transformers implementation. Some features may not be supported\n"
+        "INFO [entry.py:140] Starting vLLM server on http://127.0.0.1:8000\n"
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in <module>\n'
+        "RuntimeError: worker died\n"
+    )
+    found = diagnose_text(text)
+    assert found.cause == "server_crashed"
+    assert found.evidence == "RuntimeError: worker died"
+    started = text.replace("INFO [entry.py:140] Starting vLLM server on http://127.0.0.1:8000\n", "")
+    assert diagnose_text(started).cause == "unsupported_architecture"
+
+
+def test_cpu_backend_memory_reservation_is_out_of_memory() -> None:
+    line = (
+        "ValueError: Available memory on node 0 (8.68/10.59 GiB) on startup is less than desired "
+        "CPU memory utilization (0.92, 9.74 GiB)"
+    )
+    found = diagnose_text(line)
+    assert (found.cause, found.transient) == ("out_of_memory", True)
