@@ -177,6 +177,9 @@ RULES: tuple[Rule, ...] = (
         r"|The decoder prompt \(length \d+\) is longer than the maximum model length"
         r"|The input \(\d+ tokens\) is longer than the model's context length",
     ),
+    # vLLM's engine core saw one of its worker processes die (killed, segfault): the server goes
+    # down after it. The line names the worker and its exit code.
+    _rule("server_crashed", r"Worker proc \S+ died unexpectedly"),
     # The engine's executable is missing from the pool's environment.
     _rule(
         "engine_not_installed",
@@ -364,13 +367,23 @@ def _error_message(body: str) -> str:
     return body.strip()
 
 
+# An API server answering for an engine that is gone: vLLM V1 "EngineCore encountered an issue.
+# See stack trace (above) for the root cause." (EngineDeadError); older: "Engine loop is not
+# running".
+_ENGINE_DEAD = re.compile(
+    r"EngineCore encountered an issue|EngineDeadError|Engine loop is not running|engine is dead"
+)
+
+
 def diagnose_error_body(status: int, body: str) -> Diagnosis:
     """Classify an HTTP error response of an embeddings endpoint.
 
     The message is matched against :data:`RULES` first (a 400 with vLLM's or SGLang's context
     message → ``context_overflow``, a 500 carrying a CUDA OOM → ``out_of_memory``); then the status:
-    404 naming a model → ``model_not_found``, 502/503 → ``server_crashed`` (the engine behind the
-    API server is gone), anything else (401/403 included) → ``unknown``.
+    a message saying the engine behind the API server is dead (vLLM's ``EngineDeadError``) →
+    ``server_crashed``; then the status: 404 naming a model → ``model_not_found``, 502/503 →
+    ``server_crashed`` (the engine behind the API server is gone), anything else (401/403
+    included) → ``unknown``.
     """
     message = _error_message(body)
     lines = _lines(message)
@@ -380,6 +393,8 @@ def diagnose_error_body(status: int, body: str) -> Diagnosis:
         return found
     first = next((line for line in lines if line.strip()), None)
     evidence = _evidence(first) if first is not None else None
+    if _ENGINE_DEAD.search(message):
+        return Diagnosis("server_crashed", evidence, False)
     # vLLM: 404 "The model `x` does not exist."; a 404 without "model" is a wrong URL path.
     if status == 404 and re.search(r"(?i)\bmodel\b", message):
         return Diagnosis("model_not_found", evidence, False)

@@ -346,6 +346,36 @@ def _level_failure(records: object, concurrency: int) -> ServerError | None:
     )
 
 
+# How long an API server whose engine died gets to exit before the run says so itself.
+ENGINE_EXIT_WAIT_S = 10.0
+
+
+def _engine_death(records: object) -> str | None:
+    """The first error answer of a level that says the engine behind the server is dead."""
+    from embedsweep.diagnose import diagnose_error_body
+    from embedsweep.loadgen import LevelRecords
+
+    assert isinstance(records, LevelRecords)
+    for status, error in zip(records.status.tolist(), records.error, strict=True):
+        if status >= 500 and error and diagnose_error_body(status, error).cause == "server_crashed":
+            return f"HTTP {status} {error[:300]}"
+    return None
+
+
+def _wait_exit(server: ServerProcess, timeout_s: float) -> int | None:
+    deadline = time.monotonic() + timeout_s
+    while (code := server.exited()) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return code
+
+
+def _log_tail(server: ServerProcess, lines: int = 20) -> str:
+    from embedsweep.engines.process import tail
+
+    shown = [server.redact(line) for line in tail(server.log_path, lines)]
+    return "\n--- server.log (last lines) ---\n" + "\n".join(shown)
+
+
 def _memory_returned(devices: tuple[str, ...], before: dict[str, float] | None) -> bool | None:
     from embedsweep.telemetry import memory_used_mib
 
@@ -471,6 +501,17 @@ def _run_levels(
         code = server.exited()
         if code is not None:
             raise server.exit_error(code, when, tail_lines=20)
+        dead = _engine_death(records)
+        if dead is not None:
+            # The API server answers for an engine that died (vLLM: 500 EngineDeadError); it
+            # exits soon after. The level is not a measurement of the model.
+            code = _wait_exit(server, ENGINE_EXIT_WAIT_S)
+            if code is not None:
+                raise server.exit_error(code, when, tail_lines=20)
+            raise ServerError(
+                f"the engine died {when} (its API server answered: {dead})" + _log_tail(server),
+                code="server_crashed",
+            )
         failure = _level_failure(records, concurrency)
         if failure is not None:
             raise failure
@@ -568,7 +609,9 @@ def _measure_group(
                         )
                     else:
                         item.result = _measure_item(item, server, launch, telemetry, progress, out)
-                        if item.result.status == "failed" and server.exited() is not None:
+                        if item.result.status == "failed" and (
+                            server.exited() is not None or item.result.reason == "server_crashed"
+                        ):
                             died = ServerError(item.result.message or "", code=item.result.reason)
                     _copy_log(log, item.run_dir)
                     # Written now while the server serves on; the last cell, and every cell

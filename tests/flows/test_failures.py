@@ -130,7 +130,8 @@ def test_server_killed_mid_level_is_recorded_and_the_sweep_goes_on(tmp_path: Pat
         con.close()
     assert servers == [(1,)]
     logs = [p.read_text() for p in (tmp_path / "runs").rglob("server.log")]
-    assert len(logs) == 2 and all(log.count("# embedsweep: ") == 1 for log in logs)
+    assert len(logs) == 2
+    assert all(log.count("# embedsweep: ") == 1 for log in logs)
     # Nothing left: the killed server is gone, pid files too.
     assert not _alive(killer.killed.pid)
     assert pidfiles.records() == []

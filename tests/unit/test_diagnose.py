@@ -57,6 +57,7 @@ EVIDENCE: dict[str, str | None] = {
     "unsupported_architecture__vllm032cpu_nv_embed_transformers_fallback.log": (
         "has no vLLM implementation, falling back to Transformers implementation"
     ),
+    "server_crashed__vllm032cpu_worker_killed.log": "Worker proc VllmWorker-0 died unexpectedly",
     "trust_remote_code_required__vllm032cpu_custom_code.log": (
         "contains custom code which must be executed"
     ),
@@ -328,8 +329,9 @@ def _flat_error(message: str, code: int) -> str:
         ),
         (
             500,
+            # The engine behind the API server is gone (seen on vLLM 0.32 with its worker killed).
             _vllm_error("EngineDeadError", 500, "InternalServerError"),
-            "unknown",
+            "server_crashed",
             "EngineDeadError",
         ),
         (400, _flat_error("bad encoding_format", 400), "unknown", "bad encoding_format"),
@@ -360,8 +362,8 @@ def test_transformers_fallback_that_served_then_crashed_is_no_architecture_probl
     found = diagnose_text(text)
     assert found.cause == "server_crashed"
     assert found.evidence == "RuntimeError: worker died"
-    started = text.replace("INFO [entry.py:140] Starting vLLM server on http://127.0.0.1:8000\n", "")
-    assert diagnose_text(started).cause == "unsupported_architecture"
+    serving = "INFO [entry.py:140] Starting vLLM server on http://127.0.0.1:8000\n"
+    assert diagnose_text(text.replace(serving, "")).cause == "unsupported_architecture"
 
 
 def test_cpu_backend_memory_reservation_is_out_of_memory() -> None:
@@ -371,3 +373,12 @@ def test_cpu_backend_memory_reservation_is_out_of_memory() -> None:
     )
     found = diagnose_text(line)
     assert (found.cause, found.transient) == ("out_of_memory", True)
+
+
+def test_an_api_server_answering_for_a_dead_engine_is_a_crash() -> None:
+    body = (
+        '{"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the '
+        'root cause.", "type": "InternalServerError", "code": 500}}'
+    )
+    assert diagnose_error_body(500, body).cause == "server_crashed"
+    assert diagnose_error_body(500, '{"error": {"message": "boom"}}').cause == "unknown"

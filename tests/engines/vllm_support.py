@@ -1,0 +1,68 @@
+"""Helpers for the real-engine tests (imported as ``from vllm_support import ...``; pytest puts
+this folder on sys.path). The fixtures are in conftest.py."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from embedsweep import engine_envs
+from embedsweep.engine_envs import InstalledEngine
+from embedsweep.engines import Launch, server_for
+from embedsweep.engines.process import ServerProcess, free_port
+
+__all__ = ["STARTUP_TIMEOUT_S", "VLLM_VERSION", "engine_processes", "running", "vllm_launch"]
+
+VLLM_VERSION = "0.32.0"
+STARTUP_TIMEOUT_S = 300.0
+
+
+def vllm_launch(
+    engine: InstalledEngine,
+    model: Path,
+    *,
+    name: str,
+    max_len: int,
+    trust_remote_code: bool = False,
+) -> Launch:
+    return Launch(
+        model_path=model,
+        served_name=name,
+        port=free_port(),
+        api_key=secrets.token_urlsafe(24),
+        max_input_tokens=max_len,
+        dtype="float32",
+        trust_remote_code=trust_remote_code,
+        command=tuple(engine.command),
+        version=VLLM_VERSION,
+        build=engine.build,
+    )
+
+
+def running(launch: Launch, log: Path) -> Iterator[ServerProcess]:
+    """A healthy vLLM server for LAUNCH (stopped, whole, when the generator closes)."""
+    server = server_for("vllm", launch, log)
+    with server:
+        server.wait_healthy(STARTUP_TIMEOUT_S)
+        yield server
+
+
+def engine_processes() -> list[tuple[int, str]]:
+    """Live processes of a vLLM server: the API server (its command line names vLLM's module)
+    and its children, which rename themselves ``VLLM::EngineCore`` and ``VLLM::Worker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if state == "Z":
+            continue
+        if comm.startswith("VLLM::") or engine_envs.VLLM_API_SERVER in cmdline:
+            found.append((int(entry.name), comm))
+    return found
