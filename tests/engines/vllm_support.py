@@ -48,9 +48,10 @@ def running(launch: Launch, log: Path) -> Iterator[ServerProcess]:
         yield server
 
 
-def engine_processes() -> list[tuple[int, str]]:
-    """Live processes of a vLLM server: the API server (its command line names vLLM's module)
-    and its children, which rename themselves ``VLLM::EngineCore`` and ``VLLM::Worker``."""
+def engine_processes(group: int | None = None) -> list[tuple[int, str]]:
+    """Live processes of vLLM servers: the API server (its command line names vLLM's module)
+    and its children, which rename themselves ``VLLM::EngineCore`` and ``VLLM::Worker``; with
+    GROUP, only those of that process group (one server: the supervisor starts each in its own)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -58,10 +59,10 @@ def engine_processes() -> list[tuple[int, str]]:
         try:
             comm = (entry / "comm").read_text().strip()
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
-        if state == "Z":
+        if fields[0] == "Z" or (group is not None and int(fields[2]) != group):
             continue
         if comm.startswith("VLLM::") or engine_envs.VLLM_API_SERVER in cmdline:
             found.append((int(entry.name), comm))
