@@ -735,7 +735,8 @@ def _run_runnable(items: list[_Item], progress: Progress | None, raise_transient
             continue
         assert item.result is not None
         update: dict[str, object] = {"port_released": released, "gpu_memory_released": freed}
-        write_manifest(item.run_dir, item.result.model_copy(update=update))
+        item.result = item.result.model_copy(update=update)
+        write_manifest(item.run_dir, item.result)
         _discard_pending(item.run_dir)
 
 

