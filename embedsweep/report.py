@@ -25,6 +25,8 @@ __all__ = [
     "INVALID_NOTE",
     "NO_PRICES_NOTE",
     "PROBLEM_COLUMNS",
+    "SERVERS_NOTE",
+    "SERVER_COLUMNS",
     "Column",
     "ReportFormat",
     "ReportRow",
@@ -35,6 +37,7 @@ __all__ = [
     "problems",
     "render",
     "series_key",
+    "servers",
     "summary_line",
     "sweeps",
     "with_sweep",
@@ -181,7 +184,20 @@ _CHEAPEST_COLUMNS: tuple[Column, ...] = (
     ("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
 )
 
+# One line per engine server: every chunk size of a (model, engine, pool) ran on one.
+SERVER_COLUMNS: tuple[Column, ...] = (
+    ("model", lambda r: _text(r.get("model")), False),
+    ("engine", lambda r: _text(r.get("engine")), False),
+    ("pool", lambda r: _text(r.get("pool")), False),
+    ("chunk sizes", lambda r: ", ".join(str(c) for c in r.get("chunk_sizes", ())), False),
+    ("healthy after s", lambda r: _rate(r.get("server_startup_s")), True),
+)
+
 INVALID_NOTE = "ok* = the level ran but failed its validity checks (token counts or concurrency)."
+SERVERS_NOTE = (
+    "Each engine server served every chunk size of its model and pool; 'healthy after' is its "
+    "start-up, from launch to a healthy /health."
+)
 NO_PRICES_NOTE = (
     "No prices were given (cost_per_gpu_hour is 0 for every pool that ran), so there is no cost "
     "comparison."
@@ -289,6 +305,31 @@ def with_sweep(columns: Sequence[Column], rows: Sequence[ReportRow]) -> tuple[Co
     return (("sweep", lambda r: _text(r.get("sweep")), False), *columns)
 
 
+def servers(rows: Sequence[ReportRow]) -> list[ReportRow]:
+    """One row per engine server the rows were measured on: model, engine (with its version),
+    pool, sweep, the chunk sizes it served and its time to healthy (``server_startup_s``)."""
+    found: dict[str, ReportRow] = {}
+    for row in rows:
+        server = row.get("server_id")
+        if not server:
+            continue
+        if server not in found:
+            version = row.get("engine_version")
+            engine = _text(row.get("engine")) + (f" {version}" if version else "")
+            found[server] = {
+                "sweep": row.get("sweep"),
+                "model": row.get("model"),
+                "engine": engine,
+                "pool": row.get("pool"),
+                "chunk_sizes": [],
+                "server_startup_s": row.get("server_startup_s"),
+            }
+        chunks = found[server]["chunk_sizes"]
+        if row.get("chunk_size") not in chunks:
+            chunks.append(row.get("chunk_size"))
+    return list(found.values())
+
+
 def summary_line(rows: Sequence[ReportRow]) -> str:
     """Sweeps and cell counts in one line, for the top of a report."""
     counts = ", ".join(f"{n} {status}" for status, n in cell_counts(rows).items())
@@ -328,6 +369,10 @@ def _markdown(rows: Sequence[ReportRow]) -> str:
     parts.append(
         _md_table(with_sweep(PROBLEM_COLUMNS, rows), problem_rows) if problem_rows else "None."
     )
+    server_rows = servers(rows)
+    if server_rows:
+        parts += ["", "## Servers", "", SERVERS_NOTE, ""]
+        parts.append(_md_table(with_sweep(SERVER_COLUMNS, rows), server_rows))
     parts += ["", "## Comparison", ""]
     if rows:
         parts.append(_md_table(with_sweep(FULL_COLUMNS, rows), rows))
@@ -363,6 +408,15 @@ def _rich(rows: Sequence[ReportRow], width: int) -> str:
         for row in problem_rows:
             blocked.add_row(*(fmt(row) for _, fmt, _ in problem_columns))
         console.print(blocked)
+    server_rows = servers(rows)
+    if server_rows:
+        started = Table(title="Servers (one per model, engine and pool)", box=box.SIMPLE_HEAD)
+        server_columns = with_sweep(SERVER_COLUMNS, rows)
+        for header, _, right in server_columns:
+            started.add_column(header, justify="right" if right else "left")
+        for row in server_rows:
+            started.add_row(*(fmt(row) for _, fmt, _ in server_columns))
+        console.print(started)
     # rich pads every line to the console width; the padding is noise in a file or a diff.
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 

@@ -18,6 +18,8 @@ from embedsweep.report import (
     INVALID_NOTE,
     NO_PRICES_NOTE,
     PROBLEM_COLUMNS,
+    SERVER_COLUMNS,
+    SERVERS_NOTE,
     Column,
     ReportRow,
     cell_counts,
@@ -25,6 +27,7 @@ from embedsweep.report import (
     finite_number,
     problems,
     series_key,
+    servers,
     sweeps,
     with_sweep,
 )
@@ -491,6 +494,16 @@ def render_html(rows: Sequence[ReportRow]) -> str:
             else _note("None."),
         )
     )
+    server_rows = servers(rows)
+    if server_rows:
+        sections.append(
+            _section(
+                "servers",
+                "Servers",
+                _note(SERVERS_NOTE)
+                + _table(with_sweep(SERVER_COLUMNS, rows), server_rows, "servers"),
+            )
+        )
     comparison = (
         _table(with_sweep(FULL_COLUMNS, rows), rows, "comparison") if rows else _note("No results.")
     )

@@ -120,7 +120,10 @@ SELECT
     lag_mean_ms,
     lag_p99_ms,
     run_id,
-    strftime(started_at, '%Y-%m-%dT%H:%M:%SZ') AS started_at
+    strftime(started_at, '%Y-%m-%dT%H:%M:%SZ') AS started_at,
+    server_id,
+    (SELECT s.time_to_healthy_s FROM v_servers AS s WHERE s.server_id = v_results.server_id)
+        AS server_startup_s
 FROM v_results
 WHERE CASE
     WHEN CAST(? AS VARCHAR) IS NULL THEN is_latest
