@@ -383,40 +383,42 @@ def _markdown(rows: Sequence[ReportRow]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _print_table(
+    console: Console,
+    title: str,
+    columns: Sequence[Column],
+    rows: Sequence[ReportRow],
+    *,
+    fold: bool = False,
+) -> None:
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for header, _, right in columns:
+        table.add_column(
+            header, justify="right" if right else "left", overflow="fold" if fold else "ellipsis"
+        )
+    for row in rows:
+        table.add_row(*(fmt(row) for _, fmt, _ in columns))
+    console.print(table)
+
+
 def _rich(rows: Sequence[ReportRow], width: int) -> str:
     buffer = io.StringIO()
     # A StringIO console is not a terminal: rich writes plain text with no colour codes.
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
-    comparison = Table(title="Comparison", box=box.SIMPLE_HEAD)
-    columns = with_sweep(COMPARISON_COLUMNS, rows)
-    for header, _, right in columns:
-        comparison.add_column(header, justify="right" if right else "left")
-    for row in rows:
-        comparison.add_row(*(fmt(row) for _, fmt, _ in columns))
     if rows:
-        console.print(comparison)
+        _print_table(console, "Comparison", with_sweep(COMPARISON_COLUMNS, rows), rows)
         if any(_status(row) == "ok*" for row in rows):
             console.print(INVALID_NOTE)
     else:
         console.print("No results.")
     problem_rows = problems(rows)
     if problem_rows:
-        blocked = Table(title="Blocked and failed", box=box.SIMPLE_HEAD)
-        problem_columns = with_sweep(PROBLEM_COLUMNS, rows)
-        for header, _, right in problem_columns:
-            blocked.add_column(header, justify="right" if right else "left", overflow="fold")
-        for row in problem_rows:
-            blocked.add_row(*(fmt(row) for _, fmt, _ in problem_columns))
-        console.print(blocked)
+        columns = with_sweep(PROBLEM_COLUMNS, rows)
+        _print_table(console, "Blocked and failed", columns, problem_rows, fold=True)
     server_rows = servers(rows)
     if server_rows:
-        started = Table(title="Servers (one per model, engine and pool)", box=box.SIMPLE_HEAD)
-        server_columns = with_sweep(SERVER_COLUMNS, rows)
-        for header, _, right in server_columns:
-            started.add_column(header, justify="right" if right else "left")
-        for row in server_rows:
-            started.add_row(*(fmt(row) for _, fmt, _ in server_columns))
-        console.print(started)
+        title = "Servers (one per model, engine and pool)"
+        _print_table(console, title, with_sweep(SERVER_COLUMNS, rows), server_rows)
     # rich pads every line to the console width; the padding is noise in a file or a diff.
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 

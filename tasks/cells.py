@@ -48,14 +48,17 @@ def preflight_task(
     return preflight_cell(cell, fallback_engine=fallback_engine)
 
 
-@task(
-    name="run-cell",
-    cache_policy=NO_CACHE,
-    retries=CELL_RETRIES,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=_transient_only,
-)
+# Cell runs retry transient start-up failures only, with backoff (module docstring).
+_RETRY_TRANSIENT: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "retries": CELL_RETRIES,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": _transient_only,
+}
+
+
+@task(name="run-cell", **_RETRY_TRANSIENT)
 def run_cell_task(
     plan: CellPlan,
     checked: tuple[list[PreflightResult], ModelMeta | None],
@@ -73,12 +76,8 @@ def run_cell_task(
 
 @task(
     name="run-cells",
-    cache_policy=NO_CACHE,
-    retries=CELL_RETRIES,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=_transient_only,
     task_run_name="run {plans[0].cell.model.display_name} on {plans[0].cell.engine}",
+    **_RETRY_TRANSIENT,
 )
 def run_group_task(
     plans: list[CellPlan],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from vllm_support import VLLM_VERSION, engine_processes
+from vllm_support import VLLM_VERSION, engine_processes, healthy
 
 from embedsweep.config import SweepSpec
 from embedsweep.engines import pidfiles
@@ -74,7 +74,7 @@ class _WorkerKiller(threading.Thread):
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             found = pidfiles.records()
-            if found and _healthy(found[0].port):
+            if found and healthy(found[0].port):
                 self.group = found[0].pid
                 time.sleep(self.after_s)
                 self.seen = engine_processes(self.group)
@@ -83,19 +83,6 @@ class _WorkerKiller(threading.Thread):
                 self.killed = worker
                 return
             time.sleep(0.2)
-
-
-def _healthy(port: int) -> bool:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-    try:
-        conn.request("GET", "/health")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
 
 
 def test_worker_killed_mid_level_fails_the_run_and_leaves_no_vllm_process(

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from vllm_support import running, vllm_launch
+from vllm_support import level, running, vllm_launch
 
 from embedsweep.calibrate import Calibrator, load_tokenizer
 from embedsweep.diagnose import diagnose_error_body
 from embedsweep.engine_envs import InstalledEngine
 from embedsweep.engines.process import ServerProcess
-from embedsweep.loadgen import build_payloads, run_level_sync
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
@@ -95,15 +94,7 @@ def test_calibrated_inputs_are_counted_exactly_by_vllm(
     served: ServerProcess, minilm_dir: Path, tokens: int
 ) -> None:
     texts = Calibrator(load_tokenizer(minilm_dir)).texts(tokens, 24, 0)
-    records = run_level_sync(
-        served.url,
-        build_payloads(NAME, texts, 1),
-        tokens,
-        concurrency=4,
-        requests=48,
-        warmup=4,
-        api_key=served.env["VLLM_API_KEY"],
-    )
+    records = level(served, NAME, texts, tokens, requests=48, warmup=4)
     assert records.status.tolist() == [200] * 48
     assert records.prompt_tokens.tolist() == [tokens] * 48
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vllm_support import VLLM_VERSION, engine_processes, running, vllm_launch
+from vllm_support import VLLM_VERSION, engine_processes, level, running, vllm_launch
 
 from embedsweep.calibrate import Calibrator, load_tokenizer
 from embedsweep.config import SweepSpec
@@ -35,7 +35,6 @@ from embedsweep.engines import server_for
 from embedsweep.engines.process import ServerProcess
 from embedsweep.errors import ServerError
 from embedsweep.hub import resolve_model
-from embedsweep.loadgen import build_payloads, run_level_sync
 from embedsweep.preflight import PoolLimits, run_preflight
 from embedsweep.runner import _level_failure, preflight_cell
 
@@ -113,15 +112,7 @@ def test_seed_generator_gets_vllms_400_on_every_request(
     counted = [len(tokenizer.encode(t).ids) for t in texts]
     # The seed's assumption (1.5-2 tokens a word) is off: random words split into ~3.6 tokens.
     assert min(counted) > 512
-    records = run_level_sync(
-        e5_served.url,
-        build_payloads(E5_NAME, texts, 1),
-        words,
-        concurrency=4,
-        requests=16,
-        warmup=0,
-        api_key=e5_served.env["VLLM_API_KEY"],
-    )
+    records = level(e5_served, E5_NAME, texts, words)
     assert records.status.tolist() == [400] * 16
     failure = _level_failure(records, 4)
     assert failure is not None
@@ -134,15 +125,7 @@ def test_calibrated_512_tokens_pass_with_prompt_tokens_512(
     e5_served: ServerProcess, e5_dir: Path
 ) -> None:
     texts = Calibrator(load_tokenizer(e5_dir)).texts(512, 16, 0)
-    records = run_level_sync(
-        e5_served.url,
-        build_payloads(E5_NAME, texts, 1),
-        512,
-        concurrency=4,
-        requests=16,
-        warmup=2,
-        api_key=e5_served.env["VLLM_API_KEY"],
-    )
+    records = level(e5_served, E5_NAME, texts, 512, warmup=2)
     assert records.status.tolist() == [200] * 16
     assert records.prompt_tokens.tolist() == [512] * 16
 
@@ -163,15 +146,7 @@ def test_513_blocked_by_the_preflight_and_refused_by_the_server(
     assert [r.code for r in verdict.blocking] == ["exceeds_context"]
     assert verdict.max_input_tokens == 512
     texts = Calibrator(load_tokenizer(e5_dir)).texts(513, 2, 0)
-    records = run_level_sync(
-        e5_served.url,
-        build_payloads(E5_NAME, texts, 1),
-        513,
-        concurrency=1,
-        requests=2,
-        warmup=0,
-        api_key=e5_served.env["VLLM_API_KEY"],
-    )
+    records = level(e5_served, E5_NAME, texts, 513, concurrency=1, requests=2)
     assert records.status.tolist() == [400, 400]
     assert "513 input tokens" in (records.error[0] or "")
 

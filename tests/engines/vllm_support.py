@@ -11,8 +11,17 @@ from embedsweep import engine_envs
 from embedsweep.engine_envs import InstalledEngine
 from embedsweep.engines import Launch, server_for
 from embedsweep.engines.process import ServerProcess, free_port
+from embedsweep.loadgen import LevelRecords, build_payloads, run_level_sync
 
-__all__ = ["STARTUP_TIMEOUT_S", "VLLM_VERSION", "engine_processes", "running", "vllm_launch"]
+__all__ = [
+    "STARTUP_TIMEOUT_S",
+    "VLLM_VERSION",
+    "engine_processes",
+    "healthy",
+    "level",
+    "running",
+    "vllm_launch",
+]
 
 VLLM_VERSION = "0.32.0"
 STARTUP_TIMEOUT_S = 300.0
@@ -67,3 +76,38 @@ def engine_processes(group: int | None = None) -> list[tuple[int, str]]:
         if comm.startswith("VLLM::") or engine_envs.VLLM_API_SERVER in cmdline:
             found.append((int(entry.name), comm))
     return found
+
+
+def level(
+    server: ServerProcess,
+    name: str,
+    texts: list[str],
+    tokens: int,
+    *,
+    concurrency: int = 4,
+    requests: int = 16,
+    warmup: int = 0,
+) -> LevelRecords:
+    """One closed-loop level of TEXTS (one per request) against a running vLLM, as the runner
+    drives it, expecting TOKENS prompt tokens each."""
+    return run_level_sync(
+        server.url,
+        build_payloads(name, texts, 1),
+        tokens,
+        concurrency=concurrency,
+        requests=requests,
+        warmup=warmup,
+        api_key=server.env["VLLM_API_KEY"],
+    )
+
+
+def healthy(port: int) -> bool:
+    """Whether a server on 127.0.0.1:PORT answers /health with 200."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False

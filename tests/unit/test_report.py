@@ -240,3 +240,47 @@ def test_odd_values_render_as_missing_or_formatted(value: object, shown: str) ->
 def test_unknown_format_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown report format 'pdf'"):
         render(ROWS, "pdf")  # type: ignore[arg-type]
+
+
+def test_servers_are_listed_once_with_the_chunk_sizes_they_served() -> None:
+    from embedsweep.report import servers
+
+    rows = [
+        row(
+            server_id="a",
+            chunk_size=32,
+            concurrency=1,
+            engine_version="0.32.0",
+            server_startup_s=38.2,
+        ),
+        row(
+            server_id="a",
+            chunk_size=32,
+            concurrency=4,
+            engine_version="0.32.0",
+            server_startup_s=38.2,
+        ),
+        row(
+            server_id="a",
+            chunk_size=128,
+            concurrency=1,
+            engine_version="0.32.0",
+            server_startup_s=38.2,
+        ),
+        row(server_id="b", engine="hf", chunk_size=32, server_startup_s=3.9),
+        BLOCKED,
+    ]
+    listed = servers(rows)
+    assert [(s["engine"], s["chunk_sizes"], s["server_startup_s"]) for s in listed] == [
+        ("vllm 0.32.0", [32, 128], 38.2),
+        ("hf", [32], 3.9),
+    ]
+    table = render(rows, "table", width=160)
+    assert "Servers (one per model, engine and pool)" in table
+    assert "vllm 0.32.0" in table
+    assert "38.2" in table
+    markdown = render(rows, "markdown")
+    assert "## Servers" in markdown
+    assert "| e5-base-v2 | vllm 0.32.0 | a100 | 32, 128 | 38.2 |" in markdown
+    # Rows without a server (written before servers were shared) show no servers section.
+    assert "Servers" not in render([row()], "table", width=160)
