@@ -608,6 +608,10 @@ def _measure_group(
                             **out.fields(),
                         )
                     else:
+                        if item is not first:
+                            # Its own measurement starts now (the first one's start includes
+                            # the device wait and the server's start-up).
+                            item.started_at = _now()
                         item.result = _measure_item(item, server, launch, telemetry, progress, out)
                         if item.result.status == "failed" and (
                             server.exited() is not None or item.result.reason == "server_crashed"

