@@ -560,7 +560,7 @@ def _measure_group(
     ends one cell is recorded there and the next cell goes on, unless the server died."""
     from embedsweep.engines import pidfiles
     from embedsweep.gpus import DeviceAllocator, resolve_devices
-    from embedsweep.telemetry import GpuTelemetry, memory_used_mib
+    from embedsweep.telemetry import memory_used_mib
 
     first = items[0]
     plan, cell = first.plan, first.plan.cell
@@ -588,54 +588,53 @@ def _measure_group(
         state.memory_before = memory_used_mib(launch.devices) if gpu else None
         log = first.run_dir / "server.log"
         server = state.server = server_for(final.engine, launch, log, owner=plan.owner)
-        telemetry = GpuTelemetry(launch.devices if gpu else ())
         server_id = uuid.uuid4().hex
-        try:
-            with server:
-                if progress:
-                    progress(0, f"{cell.label}: starting {final.engine}")
-                healthy_s = server.wait_healthy(plan.startup_timeout_s)
-                outs[0].time_to_healthy_s = healthy_s
-                died: ServerError | None = None
-                for item, out in zip(items, outs, strict=True):
-                    out.server_id = server_id
-                    if died is not None:
-                        item.result = item.manifest(
-                            "failed",
-                            reason=died.code,
-                            message=f"not measured: the server died in an earlier cell: "
-                            f"{died.message}",
-                            **out.fields(),
-                        )
-                    else:
-                        if item is not first:
-                            # Its own measurement starts now (the first one's start includes
-                            # the device wait and the server's start-up).
-                            item.started_at = _now()
-                        item.result = _measure_item(item, server, launch, telemetry, progress, out)
-                        if item.result.status == "failed" and (
-                            server.exited() is not None or item.result.reason == "server_crashed"
-                        ):
-                            died = ServerError(item.result.message or "", code=item.result.reason)
-                    _copy_log(log, item.run_dir)
-                    # Written now while the server serves on; the last cell, and every cell
-                    # from a death on, after the stop, with whether the port was released.
-                    if died is None and item is not items[-1]:
-                        write_manifest(item.run_dir, item.result)
-                        _discard_pending(item.run_dir)
-        finally:
-            telemetry.close()
+        with server:
+            if progress:
+                progress(0, f"{cell.label}: starting {final.engine}")
+            healthy_s = server.wait_healthy(plan.startup_timeout_s)
+            outs[0].time_to_healthy_s = healthy_s
+            died: ServerError | None = None
+            for item, out in zip(items, outs, strict=True):
+                out.server_id = server_id
+                if died is not None:
+                    item.result = item.manifest(
+                        "failed",
+                        reason=died.code,
+                        message="not measured: the server died in an earlier cell: "
+                        + died.message.splitlines()[0],
+                        **out.fields(),
+                    )
+                else:
+                    if item is not first:
+                        # Its own measurement starts now (the first one's start includes
+                        # the device wait and the server's start-up).
+                        item.started_at = _now()
+                    item.result = _measure_item(item, server, launch, progress, out)
+                    if item.result.status == "failed" and (
+                        server.exited() is not None or item.result.reason == "server_crashed"
+                    ):
+                        died = ServerError(item.result.message or "", code=item.result.reason)
+                _copy_log(log, item.run_dir)
+                # Written now while the server serves on; the last cell, and every cell
+                # from a death on, after the stop, with whether the port was released.
+                if died is None and item is not items[-1]:
+                    write_manifest(item.run_dir, item.result)
+                    _discard_pending(item.run_dir)
 
 
 def _measure_item(
     item: _Item,
     server: ServerProcess,
     launch: Launch,
-    telemetry: GpuTelemetry,
     progress: Progress | None,
     out: _Measured,
 ) -> RunManifest:
-    """One cell's levels on a healthy server, as its manifest (failed when something ended it)."""
+    """One cell's levels on a healthy server, as its manifest (failed when something ended it).
+    Each cell samples its own GPU telemetry, so its telemetry.parquet holds its levels only."""
+    from embedsweep.telemetry import GpuTelemetry
+
+    telemetry = GpuTelemetry(launch.devices if launch.devices != ("cpu",) else ())
     try:
         _run_levels(item, server, launch, telemetry, progress, out)
     except EmbedsweepError as exc:
@@ -649,6 +648,8 @@ def _measure_item(
             message=f"unexpected {type(exc).__name__}: {exc}",
             **out.fields(),
         )
+    finally:
+        telemetry.close()
     return item.manifest("ok", levels=out.levels, **out.fields())
 
 

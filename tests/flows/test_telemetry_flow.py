@@ -118,3 +118,31 @@ def test_without_nvml_nothing_is_sampled(tmp_path: Path, monkeypatch: pytest.Mon
     assert _query(db, "SELECT count(*) FROM gpu_samples") == [(0,)]
     assert _query(db, "SELECT count(gpu_util_mean_pct) FROM results") == [(0,)]
     assert _query(db, "SELECT devices, gpu_memory_released FROM runs") == [("0", None)]
+
+
+def test_cells_sharing_a_server_keep_their_own_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two chunk sizes on one server: each run's telemetry holds its own levels' samples only
+    (none is copied into the next run), and the server's GPU memory check is on the last run."""
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml())
+    spec = _spec(tmp_path, ["0"])
+    spec = spec.model_copy(update={"load": spec.load.model_copy(update={"chunk_sizes": [16, 24]})})
+    summary = sweep(spec)
+    assert summary["ok"] == 2
+    db = tmp_path / "w.duckdb"
+    assert _query(db, "SELECT count(DISTINCT server_id) FROM runs") == [(1,)]
+    per_run = _query(
+        db,
+        "SELECT r.chunk_size, count(*), list(DISTINCT s.concurrency ORDER BY s.concurrency) "
+        "FROM gpu_samples AS s JOIN runs AS r USING (run_id) GROUP BY ALL ORDER BY 1",
+    )
+    assert [(chunk, levels) for chunk, _, levels in per_run] == [(16, [1, 2]), (24, [1, 2])]
+    shared = _query(
+        db,
+        "SELECT count(*) FROM (SELECT t_ms, device, concurrency FROM gpu_samples "
+        "GROUP BY ALL HAVING count(DISTINCT run_id) > 1)",
+    )
+    assert shared == [(0,)]
+    released = _query(db, "SELECT chunk_size, gpu_memory_released FROM runs ORDER BY chunk_size")
+    assert released == [(16, None), (24, True)]
