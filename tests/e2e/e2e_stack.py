@@ -4,6 +4,7 @@ server and workers (:class:`Stack`), process-group helpers and a poller."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -141,30 +142,32 @@ class Stack:
         return "\n".join(parts)
 
     def stop(self) -> list[str]:
-        """Stop workers, then the server: SIGTERM to each process group, SIGINT and SIGKILL after
-        a grace. Return the groups that still had processes after SIGTERM (for the report)."""
+        """Stop workers, then the server: SIGTERM to each process group (and its leader), SIGINT
+        and SIGKILL after a grace. Return the groups that still had processes after SIGTERM (for
+        the report). Every leader is reaped: a Popen left "still running" is a warning, which
+        pytest turns into an error at the session's end."""
         stubborn: list[str] = []
         order = sorted(self.procs, key=lambda name: name == "server")
         for name in order:
             proc = self.procs[name]
-            if not _signal_group(proc.pid, signal.SIGTERM):
-                continue
+            _signal(proc, signal.SIGTERM)
             for sig, grace in ((signal.SIGINT, 15.0), (signal.SIGKILL, 5.0), (None, 5.0)):
                 if _wait_group(proc, grace):
                     break
                 stubborn.append(name)
                 if sig is not None:
-                    _signal_group(proc.pid, sig)
+                    _signal(proc, sig)
             proc.poll()
         return stubborn
 
 
-def _signal_group(pgid: int, sig: int) -> bool:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    return True
+def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """SIG to PROC's process group, and to PROC itself in case it left that group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
 
 
 def group_alive(pgid: int) -> bool:
@@ -180,15 +183,13 @@ def group_alive(pgid: int) -> bool:
 
 
 def _wait_group(proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Wait until the group led by ``proc`` is empty (``proc`` itself reaped)."""
+    """Wait until ``proc`` is reaped and the group it led is empty."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        proc.poll()
-        if not group_alive(proc.pid):
+        if proc.poll() is not None and not group_alive(proc.pid):
             return True
         time.sleep(0.2)
-    proc.poll()
-    return not group_alive(proc.pid)
+    return proc.poll() is not None and not group_alive(proc.pid)
 
 
 def healthy(url: str) -> bool:
