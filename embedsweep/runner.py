@@ -1,7 +1,9 @@
-"""One cell from start to artifacts: preflight (with fallback routing), calibrate the texts, serve
-the model, drive every load level, and write the run directory (run.json, requests.parquet,
-server.log). The single entrypoint is :func:`run_cell`; Prefect tasks wrap it, the library does
-not know they exist.
+"""Cells from start to artifacts: preflight (with fallback routing), serve the model, calibrate
+the texts, drive every load level, and write each cell's run directory (run.json,
+requests.parquet, server.log). :func:`run_group` runs the cells that share one engine server
+(every chunk size of a model on an engine and pool, :func:`group_cells`) on one server start;
+:func:`run_cell` is the group of one. Prefect tasks wrap them; the library does not know they
+exist.
 
 A blocked cell is a result: it gets a run directory with its reasons, like a measured one.
 
@@ -725,7 +727,8 @@ def _run_runnable(items: list[_Item], progress: Progress | None, raise_transient
         # then let it go on.
         for item, out in zip(items, outs, strict=True):
             if not _written(item):
-                cancelled = item.manifest(
+                # A cell that finished before the interrupt keeps its result.
+                cancelled = item.result or item.manifest(
                     "cancelled", reason="cancelled", message=CANCELLED_MESSAGE, **out.fields()
                 )
                 write_manifest(item.run_dir, cancelled)
