@@ -57,6 +57,7 @@ __all__ = [
     "diagnose_error_body",
     "diagnose_log",
     "diagnose_text",
+    "says_engine_dead",
 ]
 
 # A crashed engine writes its cause in the last few hundred lines; 256 KiB holds thousands of them
@@ -373,6 +374,12 @@ def _error_message(body: str) -> str:
 _ENGINE_DEAD = re.compile(
     r"EngineCore encountered an issue|EngineDeadError|Engine loop is not running|engine is dead"
 )
+
+
+def says_engine_dead(body: str) -> bool:
+    """Whether an error answer says the engine behind the API server is dead (vLLM's
+    ``EngineDeadError``), whatever its status."""
+    return bool(_ENGINE_DEAD.search(_error_message(body)))
 
 
 def diagnose_error_body(status: int, body: str) -> Diagnosis:

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import socket
 import time
 import uuid
@@ -354,12 +353,14 @@ ENGINE_EXIT_WAIT_S = 10.0
 
 def _engine_death(records: object) -> str | None:
     """The first error answer of a level that says the engine behind the server is dead."""
-    from embedsweep.diagnose import diagnose_error_body
+    from embedsweep.diagnose import says_engine_dead
     from embedsweep.loadgen import LevelRecords
 
     assert isinstance(records, LevelRecords)
+    # Only a body that names a dead engine: a 502/503 of an overloaded server is an error of
+    # the level, not the end of the server.
     for status, error in zip(records.status.tolist(), records.error, strict=True):
-        if status >= 500 and error and diagnose_error_body(status, error).cause == "server_crashed":
+        if status >= 500 and error and says_engine_dead(error):
             return f"HTTP {status} {error[:300]}"
     return None
 
@@ -534,14 +535,17 @@ def _run_levels(
         _write_table(samples, item.run_dir / "telemetry.parquet", pq)
 
 
-def _copy_log(source: Path, run_dir: Path) -> None:
+def _copy_log(server: ServerProcess, run_dir: Path) -> None:
     """A run served by a server another run started gets the server's log as it was when the
-    run ended, so every run directory holds the log its diagnosis read."""
-    target = run_dir / "server.log"
+    run ended, so every run directory holds the log its diagnosis read; secrets (the run's key,
+    HF_TOKEN, SGLang's --api-key as it prints it) are replaced in the copy, as the supervisor
+    does in the original when it stops."""
+    source, target = server.log_path, run_dir / "server.log"
     if source == target or not source.exists():
         return
+    data = source.read_bytes().decode("utf-8", errors="replace")
     tmp = target.with_name("server.log.tmp")
-    shutil.copyfile(source, tmp)
+    tmp.write_text(server.redact(data), encoding="utf-8")
     os.replace(tmp, target)
 
 
@@ -617,7 +621,7 @@ def _measure_group(
                         server.exited() is not None or item.result.reason == "server_crashed"
                     ):
                         died = ServerError(item.result.message or "", code=item.result.reason)
-                _copy_log(log, item.run_dir)
+                _copy_log(server, item.run_dir)
                 # Written now while the server serves on; the last cell, and every cell
                 # from a death on, after the stop, with whether the port was released.
                 if died is None and item is not items[-1]:
@@ -735,9 +739,17 @@ def _run_runnable(items: list[_Item], progress: Progress | None, raise_transient
             _discard_pending(item.run_dir)
         raise
     # The server is stopped by now: did it give back its port and the devices' memory?
-    released = _released(state.server) if state.server is not None else None
-    gpu = state.server is not None and state.devices not in ((), ("cpu",))
-    freed = _memory_returned(state.devices, state.memory_before) if gpu else None
+    try:
+        released = _released(state.server) if state.server is not None else None
+        gpu = state.server is not None and state.devices not in ((), ("cpu",))
+        freed = _memory_returned(state.devices, state.memory_before) if gpu else None
+    except BaseException:
+        # Interrupted while checking: every cell has its result; keep them without the checks.
+        for item in items:
+            if not _written(item) and item.result is not None:
+                write_manifest(item.run_dir, item.result)
+                _discard_pending(item.run_dir)
+        raise
     for item in items:
         if _written(item):
             continue

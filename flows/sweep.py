@@ -333,11 +333,16 @@ def _distributed(
         if stop.is_set():
             return
         for (cell, checks), run_id in zip(group, run_ids, strict=True):
-            run_dir = _collect(spec, cell, checks, sweep_run_id, run_id, state, error)
-            manifest = RunManifest.model_validate_json((run_dir / "run.json").read_text())
-            with ingest_lock:
-                _ingest(db, run_dir)
-                counts[manifest.status] += 1
+            try:
+                run_dir = _collect(spec, cell, checks, sweep_run_id, run_id, state, error)
+                manifest = RunManifest.model_validate_json((run_dir / "run.json").read_text())
+                with ingest_lock:
+                    _ingest(db, run_dir)
+                    counts[manifest.status] += 1
+            except Exception:
+                # One cell's bookkeeping failing must not strand the other cells of its server.
+                logger.exception("%s: lost while collecting its results", cell.label)
+                continue
             tracker.advance(
                 len(spec.load.concurrency), f"{cell.label}: {manifest.status} on {slot.host}"
             )

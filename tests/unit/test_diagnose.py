@@ -382,3 +382,12 @@ def test_an_api_server_answering_for_a_dead_engine_is_a_crash() -> None:
     )
     assert diagnose_error_body(500, body).cause == "server_crashed"
     assert diagnose_error_body(500, '{"error": {"message": "boom"}}').cause == "unknown"
+
+
+def test_only_a_body_naming_a_dead_engine_says_the_engine_is_dead() -> None:
+    from embedsweep.diagnose import says_engine_dead
+
+    assert says_engine_dead(_vllm_error("EngineDeadError", 500, "InternalServerError"))
+    # An overloaded server's 503 is classified server_crashed by status, but is no death.
+    assert diagnose_error_body(503, "Service Unavailable").cause == "server_crashed"
+    assert not says_engine_dead("Service Unavailable")

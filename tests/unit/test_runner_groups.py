@@ -55,3 +55,21 @@ def test_chunk_sizes_of_a_model_engine_and_pool_share_a_server(
         [("vllm@0.32.0", 32), ("vllm@0.32.0", 128)],
         [("vllm@0.32.0", 512)],
     ]
+
+
+def test_a_copied_server_log_is_redacted(tmp_path: Path) -> None:
+    from embedsweep.engines.process import ServerProcess
+    from embedsweep.runner import _copy_log
+
+    log = tmp_path / "first" / "server.log"
+    log.parent.mkdir()
+    log.write_text("server_args=... api_key='s3cret-key' ...\nready\n")
+    server = ServerProcess(
+        ["true"], env={}, log_path=log, host="127.0.0.1", port=1, secrets=("s3cret-key",)
+    )
+    other = tmp_path / "second"
+    other.mkdir()
+    _copy_log(server, other)
+    copied = (other / "server.log").read_text()
+    assert "s3cret-key" not in copied
+    assert "api_key='***'" in copied
