@@ -372,13 +372,6 @@ def _wait_exit(server: ServerProcess, timeout_s: float) -> int | None:
     return code
 
 
-def _log_tail(server: ServerProcess, lines: int = 20) -> str:
-    from embedsweep.engines.process import tail
-
-    shown = [server.redact(line) for line in tail(server.log_path, lines)]
-    return "\n--- server.log (last lines) ---\n" + "\n".join(shown)
-
-
 def _memory_returned(devices: tuple[str, ...], before: dict[str, float] | None) -> bool | None:
     from embedsweep.telemetry import memory_used_mib
 
@@ -512,7 +505,7 @@ def _run_levels(
             if code is not None:
                 raise server.exit_error(code, when, tail_lines=20)
             raise ServerError(
-                f"the engine died {when} (its API server answered: {dead})" + _log_tail(server),
+                f"the engine died {when} (its API server answered: {dead})" + server.log_tail(),
                 code="server_crashed",
             )
         failure = _level_failure(records, concurrency)
@@ -533,20 +526,6 @@ def _run_levels(
     samples = telemetry.to_arrow(item.run_id)
     if samples.num_rows:
         _write_table(samples, item.run_dir / "telemetry.parquet", pq)
-
-
-def _copy_log(server: ServerProcess, run_dir: Path) -> None:
-    """A run served by a server another run started gets the server's log as it was when the
-    run ended, so every run directory holds the log its diagnosis read; secrets (the run's key,
-    HF_TOKEN, SGLang's --api-key as it prints it) are replaced in the copy, as the supervisor
-    does in the original when it stops."""
-    source, target = server.log_path, run_dir / "server.log"
-    if source == target or not source.exists():
-        return
-    data = source.read_bytes().decode("utf-8", errors="replace")
-    tmp = target.with_name("server.log.tmp")
-    tmp.write_text(server.redact(data), encoding="utf-8")
-    os.replace(tmp, target)
 
 
 @dataclass
@@ -621,7 +600,8 @@ def _measure_group(
                         server.exited() is not None or item.result.reason == "server_crashed"
                     ):
                         died = ServerError(item.result.message or "", code=item.result.reason)
-                _copy_log(server, item.run_dir)
+                # Each run directory holds the log its diagnosis read (secrets redacted).
+                server.copy_log(item.run_dir / "server.log")
                 # Written now while the server serves on; the last cell, and every cell
                 # from a death on, after the stop, with whether the port was released.
                 if died is None and item is not items[-1]:

@@ -28,16 +28,21 @@ __all__ = [
     "records",
     "remove",
     "servers_dir",
+    "state_dir",
     "write",
 ]
 
 
+def state_dir() -> Path:
+    """embedsweep's state folder: ``$EMBEDSWEEP_STATE_DIR`` (default
+    ``~/.local/state/embedsweep``): pid files, engines' caches."""
+    root = os.environ.get("EMBEDSWEEP_STATE_DIR")
+    return Path(root) if root else Path.home() / ".local" / "state" / "embedsweep"
+
+
 def servers_dir() -> Path:
     """``$EMBEDSWEEP_STATE_DIR/servers`` (default ``~/.local/state/embedsweep/servers``)."""
-    root = os.environ.get("EMBEDSWEEP_STATE_DIR") or str(
-        Path.home() / ".local" / "state" / "embedsweep"
-    )
-    return Path(root) / "servers"
+    return state_dir() / "servers"
 
 
 def _start_time(pid: int) -> int | None:

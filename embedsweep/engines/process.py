@@ -61,6 +61,12 @@ def tail(path: Path, lines: int = 20) -> list[str]:
     return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
+def _replace_with(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 class ServerProcess:
     """A server subprocess; use as a context manager so it is stopped on every exit path."""
 
@@ -186,9 +192,13 @@ class ServerProcess:
         how = f"killed by signal {-exit_code}" if exit_code < 0 else f"exited with code {exit_code}"
         message = f"server {how} {when}: {detail}"
         if tail_lines:
-            lines = [self.redact(line) for line in tail(self.log_path, tail_lines)]
-            message += "\n--- server.log (last lines) ---\n" + "\n".join(lines)
+            message += self.log_tail(tail_lines)
         return ServerError(message, code=cause, transient=found.transient)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The log's last LINES, secrets redacted, as a block to append to a failure message."""
+        shown = [self.redact(line) for line in tail(self.log_path, lines)]
+        return "\n--- server.log (last lines) ---\n" + "\n".join(shown)
 
     def stop(self, grace_s: float = 15.0) -> int | None:
         """Stop the whole process group; returns the server's exit code (None if it could not
@@ -221,13 +231,20 @@ class ServerProcess:
         if not self._secrets or not self.log_path.exists():
             return
         data = self.log_path.read_bytes()
-        clean = data
-        for secret in self._secrets:
-            clean = clean.replace(secret.encode(), b"***")
+        clean = self._scrub(data)
         if clean != data:
-            tmp = self.log_path.with_name(self.log_path.name + ".tmp")
-            tmp.write_bytes(clean)
-            os.replace(tmp, self.log_path)
+            _replace_with(self.log_path, clean)
+
+    def copy_log(self, target: Path) -> None:
+        """The log as it is now, secrets redacted, written to TARGET (a run that shares this
+        server keeps the log its diagnosis read)."""
+        if target != self.log_path and self.log_path.exists():
+            _replace_with(target, self._scrub(self.log_path.read_bytes()))
+
+    def _scrub(self, data: bytes) -> bytes:
+        for secret in self._secrets:
+            data = data.replace(secret.encode(), b"***")
+        return data
 
     def exited(self) -> int | None:
         """The exit code if the server has exited, else None."""

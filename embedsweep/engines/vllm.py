@@ -21,21 +21,15 @@ sets wins over these defaults; the run's API key and the devices never yield.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from embedsweep.engines.base import Launch, cuda_devices
+from embedsweep.engines.pidfiles import state_dir
 from embedsweep.registry import _version_key
 
-__all__ = ["API_SERVER_MODULE", "CPU_KVCACHE_GIB", "VLLMAdapter", "cpu_environment", "state_dir"]
+__all__ = ["API_SERVER_MODULE", "CPU_KVCACHE_GIB", "VLLMAdapter", "cpu_environment"]
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 CPU_KVCACHE_GIB = 1
-
-
-def state_dir() -> Path:
-    """``$EMBEDSWEEP_STATE_DIR`` (default ``~/.local/state/embedsweep``)."""
-    root = os.environ.get("EMBEDSWEEP_STATE_DIR")
-    return Path(root) if root else Path.home() / ".local" / "state" / "embedsweep"
 
 
 def cpu_environment(cores: int | None = None) -> dict[str, str]:

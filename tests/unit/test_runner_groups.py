@@ -59,7 +59,6 @@ def test_chunk_sizes_of_a_model_engine_and_pool_share_a_server(
 
 def test_a_copied_server_log_is_redacted(tmp_path: Path) -> None:
     from embedsweep.engines.process import ServerProcess
-    from embedsweep.runner import _copy_log
 
     log = tmp_path / "first" / "server.log"
     log.parent.mkdir()
@@ -69,7 +68,7 @@ def test_a_copied_server_log_is_redacted(tmp_path: Path) -> None:
     )
     other = tmp_path / "second"
     other.mkdir()
-    _copy_log(server, other)
+    server.copy_log(other / "server.log")
     copied = (other / "server.log").read_text()
     assert "s3cret-key" not in copied
     assert "api_key='***'" in copied
