@@ -392,6 +392,117 @@ def load(
 
 
 @app.command()
+def fidelity(
+    url: Annotated[str, typer.Option(help="Base URL of the endpoint (http://host:port).")],
+    model: Annotated[str, typer.Option(help="Served model name sent in each request.")],
+    reference: Annotated[
+        str,
+        typer.Option(
+            help="The model's files (folder, package:MODULE, or a hub id in the local cache): "
+            "sentence-transformers encodes the reference from them, float32 on the CPU."
+        ),
+    ],
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="Longest probe text in tokens (at most the served limit).")
+    ] = 128,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="Dtype the endpoint serves in: decides the threshold (float32 0.9999, "
+            "float16 / bfloat16 0.999)."
+        ),
+    ] = "float32",
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="The endpoint's input limit in tokens: also send an input past it "
+            "(answered 200 means the engine truncates silently).",
+        ),
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Let the reference run the model's custom code.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Per-request timeout, s.")] = 120.0,
+    api_key_env: Annotated[
+        str, typer.Option(help="Environment variable holding the API key, if any.")
+    ] = "EMBEDSWEEP_API_KEY",
+    as_json: JsonFlag = False,
+) -> None:
+    """Check that a running endpoint serves the model's vectors (the probe every run ends with).
+
+    Sends fixed texts in several languages and calibrated texts up to --max-tokens, each alone,
+    in one batch, shuffled, and across concurrent requests; compares with the reference and with
+    themselves. Exit 0 passed, 1 failed, 2 bad input or an endpoint that could not be probed."""
+    from embedsweep import fidelity as fid
+    from embedsweep.calibrate import Calibrator, load_tokenizer
+    from embedsweep.hub import resolve_model
+
+    if dtype not in fid.COSINE_THRESHOLDS:
+        _fail(f"--dtype must be one of {', '.join(fid.COSINE_THRESHOLDS)}, not {dtype!r}")
+    if not url.startswith(("http://", "https://")):
+        _fail(f"--url must start with http:// or https://, not {url!r}")
+    try:
+        meta = resolve_model(reference)
+        ref = fid.reference_for(meta.path, trust_remote_code=trust_remote_code)
+        calibrator = Calibrator(load_tokenizer(meta.path))
+        texts = fid.probe_texts(
+            ref.count, max_tokens, (), lambda n: calibrator.texts(n, 1, fid.PROBE_SEED)[0]
+        )
+        over = calibrator.texts(limit + 8, 1, fid.PROBE_SEED)[0] if limit else None
+        vectors = ref.encode(texts)
+    except (ConfigError, ModelError) as exc:
+        _fail(exc.message)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot load the reference {reference}: {exc}")
+    config = meta.config
+    endpoint = fid.Endpoint(url, model, os.environ.get(api_key_env) or None, timeout)
+    result = fid.probe(
+        endpoint,
+        texts,
+        vectors,
+        reference_name=ref.name,
+        reference_normalized=ref.normalized,
+        dtype=dtype,
+        overlength_text=over,
+        matryoshka=bool(config.get("matryoshka_dimensions") or config.get("is_matryoshka")),
+    )
+    if as_json:
+        _echo_json(result.model_dump(mode="json"))
+    elif result.verdict == "error":
+        _fail(result.findings[0].message if result.findings else "the probe failed")
+    else:
+        _print_fidelity(result)
+    raise typer.Exit({"passed": 0, "failed": 1}.get(result.verdict, 2))
+
+
+def _print_fidelity(result: Any) -> None:
+    def num(value: float | None, spec: str = ".6f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    typer.echo(
+        f"fidelity: {result.verdict} (threshold {result.threshold} for {result.served_dtype})"
+    )
+    if result.verdict in ("passed", "failed"):
+        typer.echo(
+            f"  {result.texts} texts vs {result.reference}: min cosine "
+            f"{num(result.min_cosine)}, mean {num(result.mean_cosine)}, max |diff| "
+            f"{num(result.max_abs_diff, '.1e')}"
+        )
+        typer.echo(
+            f"  batch / order / concurrency: min cosine {num(result.invariance_min_cosine)}, "
+            f"max |diff| {num(result.invariance_max_abs_diff, '.1e')}"
+        )
+        typer.echo(
+            f"  dimension {result.dimension} (model {result.reference_dimension}); unit norm "
+            f"{result.normalized} (model normalises: {result.reference_normalized}); "
+            f"dimensions: {result.dimensions_request}; over-length input: {result.overlength}"
+        )
+    for finding in result.findings:
+        typer.echo(f"  {finding.code}: {finding.message}")
+
+
+@app.command()
 def run(
     sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML file.", metavar="SWEEP.yaml")],
     warehouse: Annotated[

@@ -158,6 +158,13 @@ class EngineCommand(_Strict):
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment for the server process."
     )
+    args: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Extra arguments appended to the server's command line, after the ones embedsweep "
+            "sets, e.g. ['--pooler-config', '{\"pooling_type\": \"CLS\"}'] for vLLM."
+        ),
+    )
     python: str | None = Field(
         default=None,
         description=(
@@ -272,6 +279,11 @@ class LoadSpec(_Strict):
     batch_size: PositiveInt = Field(default=1, description="Inputs per request.")
     seed: int = Field(default=0, description="Seed of the text generator; stored with results.")
     request_timeout_s: PositiveFloat = Field(default=120.0, description="Timeout of one request.")
+    fidelity: bool = Field(
+        default=True,
+        description="After the levels, check that the served vectors are the model's (the "
+        "fidelity probe: a CPU reference encode of fixed texts, batch and order invariance).",
+    )
 
     @model_validator(mode="after")
     def _one_stop_rule(self) -> LoadSpec:

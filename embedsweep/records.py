@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "REQUEST_COLUMNS",
     "CellStatus",
+    "FidelityFinding",
+    "FidelityResult",
+    "FidelityVerdict",
     "LatencyMs",
     "LevelSummary",
     "LoadMode",
@@ -138,6 +141,57 @@ class LevelSummary(_Frozen):
     )
 
 
+FidelityVerdict = Literal["passed", "failed", "error", "not_checked"]
+
+
+class FidelityFinding(_Frozen):
+    """One thing the fidelity probe found (``embedsweep.fidelity``): ``vectors_differ``,
+    ``dimension_mismatch``, ``normalization_differs``, ``batch_variance`` fail the verdict;
+    ``dimensions_ignored``, ``dimensions_refused``, ``truncates_overlength`` are reported only;
+    ``probe_error`` / ``no_reference`` say why there is no verdict."""
+
+    code: str
+    message: str
+
+
+class FidelityResult(_Frozen):
+    """The fidelity probe of one run: served vectors against a reference encode of the same
+    texts, and against themselves in other batches, orders and concurrent requests."""
+
+    probe_version: int
+    reference: str = Field(description="What encoded the reference vectors, or why none.")
+    served_dtype: str
+    threshold: float = Field(description="Smallest cosine the served dtype must reach.")
+    texts: int = Field(description="Probe texts sent (each alone, batched, shuffled, concurrent).")
+    dimension: int | None = None
+    reference_dimension: int | None = None
+    min_cosine: float | None = None
+    mean_cosine: float | None = None
+    max_abs_diff: float | None = None
+    norm_min: float | None = None
+    norm_max: float | None = None
+    normalized: bool | None = Field(default=None, description="Served vectors are unit length.")
+    reference_normalized: bool | None = Field(
+        default=None, description="The model's own modules end with a Normalize."
+    )
+    invariance_min_cosine: float | None = Field(
+        default=None,
+        description="Smallest cosine of a text in a batch / shuffled / concurrent "
+        "request with the same text sent alone.",
+    )
+    invariance_max_abs_diff: float | None = None
+    dimensions_request: str = Field(
+        default="not_checked",
+        description="What the server did with dimensions=half: refused, honoured, ignored.",
+    )
+    overlength: str = Field(
+        default="not_checked",
+        description="An input past the server's limit: rejected (4xx) or truncated (200).",
+    )
+    verdict: FidelityVerdict
+    findings: list[FidelityFinding] = Field(default_factory=list)
+
+
 class RunManifest(_Frozen):
     """Everything about one cell's run except the per-request rows; written as ``run.json``."""
 
@@ -182,4 +236,9 @@ class RunManifest(_Frozen):
         default=None,
         description="The engine server this run was measured on: every chunk size of a (model, "
         "engine, pool) shares one. The run that started it holds time_to_healthy_s.",
+    )
+    fidelity: FidelityResult | None = Field(
+        default=None,
+        description="The fidelity probe after the levels (None: not measured, or turned off). "
+        "A run whose verdict is failed keeps its numbers, marked fidelity_failed.",
     )

@@ -21,6 +21,10 @@ from embedsweep.errors import ConfigError
 
 __all__ = [
     "COMPARISON_COLUMNS",
+    "FIDELITY_COLUMNS",
+    "FIDELITY_FAILED",
+    "FIDELITY_NOTE",
+    "FIDELITY_SECTION_NOTE",
     "FULL_COLUMNS",
     "INVALID_NOTE",
     "NO_PRICES_NOTE",
@@ -32,7 +36,9 @@ __all__ = [
     "ReportRow",
     "cell_counts",
     "cheapest",
+    "fidelity_runs",
     "finite_number",
+    "notes",
     "peaks",
     "problems",
     "render",
@@ -96,9 +102,37 @@ def _money(value: object) -> str:
 
 def _status(row: ReportRow) -> str:
     # A level that ran but failed its own validity checks (token count mismatch, concurrency not
-    # reached) must not read like a clean result.
+    # reached) must not read like a clean result; nor one whose served vectors are not the
+    # model's (the fidelity probe failed): its figures measure something else.
     status = _text(row.get("status"))
-    return f"{status}*" if status == "ok" and row.get("valid") is False else status
+    if status != "ok":
+        return status
+    if row.get("fidelity_failed") or row.get("fidelity") == "failed":
+        return FIDELITY_FAILED
+    return f"{status}*" if row.get("valid") is False else status
+
+
+def _cosine(value: object) -> str:
+    # 1 - cosine is what matters: 0.99999994 and 0.9999 differ in the fifth decimal.
+    number = finite_number(value)
+    return _DASH if number is None else f"{number:.6f}"
+
+
+def _fidelity(row: ReportRow) -> str:
+    """The fidelity verdict in a few characters: pass / FAIL with the smallest cosine."""
+    verdict = row.get("fidelity")
+    if verdict is None:
+        return _DASH
+    if verdict == "passed":
+        return "pass"
+    if verdict == "failed":
+        return f"FAIL {_cosine(row.get('fidelity_min_cosine'))}"
+    return str(verdict).replace("not_checked", "unchecked")
+
+
+def _finding_codes(row: ReportRow) -> str:
+    findings = row.get("fidelity_findings") or []
+    return ", ".join(str(f.get("code")) for f in findings if isinstance(f, dict)) or _DASH
 
 
 Column = tuple[str, Callable[[ReportRow], str], bool]
@@ -116,6 +150,7 @@ COMPARISON_COLUMNS: tuple[Column, ...] = (
     ("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
     ("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
     ("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
+    ("fidelity", _fidelity, False),
 )
 
 # Every figure a row carries, for the formats read in a browser (markdown artifact, HTML page),
@@ -144,6 +179,23 @@ FULL_COLUMNS: tuple[Column, ...] = (
     ("$/M tok", lambda r: _money(r.get("cost_per_million_tokens")), True),
     ("lag p99 ms", lambda r: _millis(r.get("lag_p99_ms")), True),
     ("tok mismatch", lambda r: _integer(r.get("prompt_tokens_mismatch")), True),
+    ("usage counts", lambda r: _text(r.get("usage_counting")), False),
+    ("fidelity", _fidelity, False),
+    ("min cosine", lambda r: _cosine(r.get("fidelity_min_cosine")), True),
+)
+
+# One line per probed run: are the served vectors the model's?
+FIDELITY_COLUMNS: tuple[Column, ...] = (
+    ("model", lambda r: _text(r.get("model")), False),
+    ("engine", lambda r: _engine_route(r), False),
+    ("pool", lambda r: _text(r.get("pool")), False),
+    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
+    ("verdict", lambda r: _text(r.get("fidelity")), False),
+    ("min cosine", lambda r: _cosine(r.get("fidelity_min_cosine")), True),
+    ("needs", lambda r: _cosine(r.get("fidelity_threshold")), True),
+    ("max |diff|", lambda r: _sci(r.get("fidelity_max_abs_diff")), True),
+    ("batch/order cos", lambda r: _cosine(r.get("fidelity_invariance_min_cosine")), True),
+    ("findings", _finding_codes, False),
 )
 
 PROBLEM_COLUMNS: tuple[Column, ...] = (
@@ -194,6 +246,17 @@ SERVER_COLUMNS: tuple[Column, ...] = (
 )
 
 INVALID_NOTE = "ok* = the level ran but failed its validity checks (token counts or concurrency)."
+FIDELITY_FAILED = "fidelity_failed"
+FIDELITY_NOTE = (
+    "fidelity_failed = the level ran, but the served vectors are not the model's (the fidelity "
+    "probe's smallest cosine with a CPU reference, or between batches, orders and concurrent "
+    "requests, is below the dtype's threshold): its figures do not measure this model."
+)
+FIDELITY_SECTION_NOTE = (
+    "After its levels, every run sends fixed probe texts to the served model and compares the "
+    "vectors with sentence-transformers in float32 on the CPU (each text alone), and with "
+    "themselves in one batch, a shuffled batch and concurrent requests."
+)
 SERVERS_NOTE = (
     "Each engine server served every chunk size of its model and pool; 'healthy after' is its "
     "start-up, from launch to a healthy /health."
@@ -202,6 +265,25 @@ NO_PRICES_NOTE = (
     "No prices were given (cost_per_gpu_hour is 0 for every pool that ran), so there is no cost "
     "comparison."
 )
+
+
+def _sci(value: object) -> str:
+    number = finite_number(value)
+    return _DASH if number is None else f"{number:.1e}"
+
+
+def fidelity_runs(rows: Sequence[ReportRow]) -> list[ReportRow]:
+    """One row per run that the fidelity probe checked, in row order."""
+    seen: set[object] = set()
+    out: list[ReportRow] = []
+    for row in rows:
+        if row.get("fidelity") is None:
+            continue
+        key = _cell_key(row)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
 
 
 def _engine_route(row: ReportRow) -> str:
@@ -373,14 +455,28 @@ def _markdown(rows: Sequence[ReportRow]) -> str:
     if server_rows:
         parts += ["", "## Servers", "", SERVERS_NOTE, ""]
         parts.append(_md_table(with_sweep(SERVER_COLUMNS, rows), server_rows))
+    checked = fidelity_runs(rows)
+    if checked:
+        parts += ["", "## Fidelity", "", FIDELITY_SECTION_NOTE, ""]
+        parts.append(_md_table(with_sweep(FIDELITY_COLUMNS, rows), checked))
     parts += ["", "## Comparison", ""]
     if rows:
         parts.append(_md_table(with_sweep(FULL_COLUMNS, rows), rows))
-        if any(_status(row) == "ok*" for row in rows):
-            parts += ["", INVALID_NOTE]
+        for note in notes(rows):
+            parts += ["", note]
     else:
         parts.append("No results.")
     return "\n".join(parts) + "\n"
+
+
+def notes(rows: Sequence[ReportRow]) -> list[str]:
+    """The notes that explain the marks in ROWS' status column."""
+    marks = {_status(row) for row in rows}
+    return [
+        note
+        for mark, note in (("ok*", INVALID_NOTE), (FIDELITY_FAILED, FIDELITY_NOTE))
+        if mark in marks
+    ]
 
 
 def _print_table(
@@ -407,8 +503,8 @@ def _rich(rows: Sequence[ReportRow], width: int) -> str:
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
     if rows:
         _print_table(console, "Comparison", with_sweep(COMPARISON_COLUMNS, rows), rows)
-        if any(_status(row) == "ok*" for row in rows):
-            console.print(INVALID_NOTE)
+        for note in notes(rows):
+            console.print(note)
     else:
         console.print("No results.")
     problem_rows = problems(rows)
@@ -419,6 +515,10 @@ def _rich(rows: Sequence[ReportRow], width: int) -> str:
     if server_rows:
         title = "Servers (one per model, engine and pool)"
         _print_table(console, title, with_sweep(SERVER_COLUMNS, rows), server_rows)
+    checked = fidelity_runs(rows)
+    if checked:
+        title = "Fidelity (served vectors vs a float32 CPU reference)"
+        _print_table(console, title, with_sweep(FIDELITY_COLUMNS, rows), checked, fold=True)
     # rich pads every line to the console width; the padding is noise in a file or a diff.
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from html import escape
 
 from embedsweep.report import (
+    FIDELITY_COLUMNS,
+    FIDELITY_FAILED,
+    FIDELITY_SECTION_NOTE,
     FULL_COLUMNS,
-    INVALID_NOTE,
     NO_PRICES_NOTE,
     PROBLEM_COLUMNS,
     SERVER_COLUMNS,
@@ -24,7 +26,9 @@ from embedsweep.report import (
     ReportRow,
     cell_counts,
     cheapest,
+    fidelity_runs,
     finite_number,
+    notes,
     problems,
     series_key,
     servers,
@@ -305,7 +309,8 @@ table{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nums}
 th,td{border:1px solid #ddd;padding:3px 6px;white-space:nowrap}
 th{background:#f3f3f3;position:sticky;top:0}td.num{text-align:right}
 td.msg{white-space:normal;max-width:520px}
-tr.s-blocked td{background:#fff8eb}tr.s-failed td,tr.s-cancelled td{background:#fdf0f0}
+tr.s-blocked td{background:#fff8eb}
+tr.s-failed td,tr.s-cancelled td,tr.s-fidelity_failed td{background:#fdf0f0}
 """
 
 
@@ -380,6 +385,9 @@ def _charts(rows: Sequence[ReportRow]) -> tuple[list[str], list[str]]:
         for key in sorted(series):
             colour, dash = styles[key]
             label = _series_label(key, show_batch)
+            if any(r.get("fidelity_failed") for r in series[key]):
+                # Its figures are drawn, but never as a clean series.
+                label += f" ({FIDELITY_FAILED})"
             points = _points(series[key], group.x_field, "input_tokens_per_s")
             if points:
                 t_lines.append(Line(label, colour, points, dash))
@@ -449,6 +457,8 @@ def _table(columns: Sequence[Column], rows: Sequence[ReportRow], css_class: str)
             attr = f' class="{kind}"' if kind else ""
             cells.append(f"<td{attr}>{escape(fmt(row))}</td>")
         status = escape(str(row.get("status") or ""), quote=True)
+        if row.get("fidelity_failed"):
+            status = FIDELITY_FAILED
         body.append(f'<tr class="s-{status}">' + "".join(cells) + "</tr>")
     return (
         f'<div class="scroll"><table class="{css_class}"><thead><tr>{head}</tr></thead>'
@@ -504,11 +514,21 @@ def render_html(rows: Sequence[ReportRow]) -> str:
                 + _table(with_sweep(SERVER_COLUMNS, rows), server_rows, "servers"),
             )
         )
+    checked = fidelity_runs(rows)
+    if checked:
+        sections.append(
+            _section(
+                "fidelity",
+                "Fidelity",
+                _note(FIDELITY_SECTION_NOTE)
+                + _table(with_sweep(FIDELITY_COLUMNS, rows), checked, "fidelity"),
+            )
+        )
     comparison = (
         _table(with_sweep(FULL_COLUMNS, rows), rows, "comparison") if rows else _note("No results.")
     )
-    if any(r.get("status") == "ok" and r.get("valid") is False for r in rows):
-        comparison += _note(INVALID_NOTE)
+    for note in notes(rows):
+        comparison += _note(note)
     sections.append(_section("comparison", "Comparison", comparison))
 
     count_items = "".join(

@@ -34,7 +34,13 @@ from embedsweep.engines.process import ServerProcess, free_port, port_is_free
 from embedsweep.errors import EmbedsweepError, ModelError, ServerError
 from embedsweep.hub import ModelMeta, is_hub_id, resolve_model
 from embedsweep.preflight import PoolLimits, run_preflight
-from embedsweep.records import LevelSummary, PreflightResult, Reason, RunManifest
+from embedsweep.records import (
+    FidelityResult,
+    LevelSummary,
+    PreflightResult,
+    Reason,
+    RunManifest,
+)
 from embedsweep.registry import LiveArchitectures, live_architectures
 
 if TYPE_CHECKING:
@@ -273,9 +279,11 @@ class _Measured:
     port_released: bool | None = None
     gpu_memory_released: bool | None = None
     server_id: str | None = None
+    fidelity: FidelityResult | None = None
 
     def fields(self) -> dict[str, object]:
         return {
+            "fidelity": self.fidelity,
             "devices": list(self.devices),
             "port_released": self.port_released,
             "gpu_memory_released": self.gpu_memory_released,
@@ -422,6 +430,7 @@ def _launch(
         version=final.engine_version,
         env=dict(command.env) if command else {},
         build=command.build if command else None,
+        extra_args=tuple(command.args) if command else (),
     )
 
 
@@ -522,10 +531,81 @@ def _run_levels(
         tables.append(records.to_arrow(item.run_id))
         if progress:
             progress(1, f"{cell.label}: concurrency {concurrency} done")
+    if load.fidelity:
+        if progress:
+            progress(0, f"{cell.label}: fidelity probe")
+        out.fidelity = _fidelity(item, server, launch)
     _write_table(pa.concat_tables(tables), item.run_dir / "requests.parquet", pq)
     samples = telemetry.to_arrow(item.run_id)
     if samples.num_rows:
         _write_table(samples, item.run_dir / "telemetry.parquet", pq)
+
+
+def _reference_budget_bytes() -> int:
+    """The largest model (weights on disk) the CPU reference loads: a third of this machine's
+    memory, so the reference never pushes the host into swap next to a running server."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 3
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def _fidelity(item: _Item, server: ServerProcess, launch: Launch) -> FidelityResult:
+    """The fidelity probe of ITEM's cell against the running server (``embedsweep.fidelity``):
+    outside the timed levels; what it cannot check is a verdict, never an exception."""
+    from embedsweep import fidelity
+    from embedsweep.calibrate import Calibrator, load_tokenizer
+
+    plan, cell, meta = item.plan, item.plan.cell, item.meta
+    assert meta is not None
+    dtype = fidelity.served_dtype(
+        item.checks[-1].engine, cell.model.dtype, launch.devices != ("cpu",), meta.stored_dtype
+    )
+    if meta.weight_bytes and meta.weight_bytes > _reference_budget_bytes():
+        return fidelity.unchecked(
+            dtype,
+            f"{meta.weight_bytes / 2**30:.1f} GiB of weights is too large for a CPU reference "
+            f"on this host ({_reference_budget_bytes() / 2**30:.1f} GiB budget)",
+        )
+    try:
+        trusted = cell.model.trust_remote_code
+        reference = fidelity.reference_for(meta.path, trust_remote_code=trusted)
+        calibrator = Calibrator(load_tokenizer(meta.path))
+        load = plan.load
+        wanted = (load.requests or MAX_DISTINCT_PAYLOADS) + load.warmup_requests
+        count = min(wanted, MAX_DISTINCT_PAYLOADS) * load.batch_size
+        run_texts = calibrator.texts(cell.chunk_size, count, load.seed)[: fidelity.RUN_TEXTS]
+        texts = fidelity.probe_texts(
+            reference.count,
+            cell.chunk_size,
+            run_texts,
+            lambda n: calibrator.texts(n, 1, fidelity.PROBE_SEED)[0],
+        )
+        try:
+            overlength: str | None = calibrator.texts(
+                launch.max_input_tokens + 8, 1, fidelity.PROBE_SEED
+            )[0]
+        except EmbedsweepError:
+            overlength = None
+        vectors = reference.encode(texts)
+    except Exception as exc:
+        _log.warning("%s: no fidelity reference", cell.label, exc_info=True)
+        why = f"the reference could not be encoded: {type(exc).__name__}: {exc}"
+        return fidelity.unchecked(dtype, why)
+    endpoint = fidelity.Endpoint(
+        server.url, cell.model.display_name, launch.api_key, plan.load.request_timeout_s
+    )
+    config = meta.config
+    return fidelity.probe(
+        endpoint,
+        texts,
+        vectors,
+        reference_name=reference.name,
+        reference_normalized=reference.normalized,
+        dtype=dtype,
+        overlength_text=overlength,
+        matryoshka=bool(config.get("matryoshka_dimensions") or config.get("is_matryoshka")),
+    )
 
 
 @dataclass

@@ -337,6 +337,38 @@ def _run_row(manifest: RunManifest, path: Path) -> list[object]:
         m.port_released,
         m.gpu_memory_released,
         m.server_id,
+        m.fidelity.verdict if m.fidelity else None,
+        getattr(m, "usage_counting", None),
+        getattr(m, "usage_trusted", None),
+    ]
+
+
+def _fidelity_row(manifest: RunManifest) -> list[object] | None:
+    f = manifest.fidelity
+    if f is None:
+        return None
+    return [
+        manifest.run_id,
+        f.probe_version,
+        f.reference,
+        f.served_dtype,
+        f.threshold,
+        f.texts,
+        f.dimension,
+        f.reference_dimension,
+        f.min_cosine,
+        f.mean_cosine,
+        f.max_abs_diff,
+        f.norm_min,
+        f.norm_max,
+        f.normalized,
+        f.reference_normalized,
+        f.invariance_min_cosine,
+        f.invariance_max_abs_diff,
+        f.dimensions_request,
+        f.overlength,
+        f.verdict,
+        json.dumps([finding.model_dump() for finding in f.findings]),
     ]
 
 
@@ -427,6 +459,9 @@ def _write_run(
         results = _result_rows(manifest)
         if results:
             con.executemany(_statement("insert_result"), results)
+        fidelity = _fidelity_row(manifest)
+        if fidelity is not None:
+            con.execute(_statement("insert_fidelity"), fidelity)
         if samples is not None:
             con.execute(_statement("insert_gpu_samples"))
         if requests_path is not None:
@@ -536,7 +571,13 @@ def report_rows(
     ``sweep_run_id`` is given); a cell with no load levels gives one row with concurrency None.
     """
     columns, rows = query(con, _statement("report_rows"), [sweep_run_id, sweep_run_id])
-    return [
+    out = [
         {column: _jsonable(value) for column, value in zip(columns, row, strict=True)}
         for row in rows
     ]
+    for row in out:
+        # A JSON column comes back as its text: the report wants the list.
+        findings = row.get("fidelity_findings")
+        if isinstance(findings, str):
+            row["fidelity_findings"] = json.loads(findings)
+    return out

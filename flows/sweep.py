@@ -424,6 +424,19 @@ def _problems_markdown(
         lines.append("")
     else:
         lines += ["Every cell ran.", ""]
+    unfaithful = [r for r in report.fidelity_runs(rows) if r.get("fidelity") == "failed"]
+    if unfaithful:
+        lines += ["## Fidelity failed: the served vectors are not the model's", ""]
+        lines += ["| model | engine | pool | tokens | min cosine | needs | findings |"]
+        lines += ["|---|---|---|---:|---:|---:|---|"]
+        for row in unfaithful:
+            codes = ", ".join(str(f.get("code")) for f in row.get("fidelity_findings") or [])
+            lines.append(
+                f"| {row.get('model')} | {row.get('engine')} | {row.get('pool')} | "
+                f"{row.get('chunk_size')} | {row.get('fidelity_min_cosine')} | "
+                f"{row.get('fidelity_threshold')} | {codes} |"
+            )
+        lines.append("")
     if regressions:
         lines += [f"## Regressions (input tokens/s down more than {threshold:.0%})", ""]
         lines += ["| model | engine | pool | tokens | concurrency | before | now | change |"]
@@ -481,9 +494,22 @@ def _publish(spec: SweepSpec, db: Path, sweep_run_id: str, threshold: float) -> 
         "input_tokens_per_s",
         "p50_ms",
         "p99_ms",
+        "fidelity",
+        "fidelity_min_cosine",
     ]
     create_table_artifact(
-        [{c: row.get(c) for c in table_columns} for row in rows],
+        # A run whose served vectors are not the model's keeps its figures, never as "ok".
+        [
+            {
+                c: (
+                    report.FIDELITY_FAILED
+                    if c == "status" and row.get("fidelity_failed")
+                    else row.get(c)
+                )
+                for c in table_columns
+            }
+            for row in rows
+        ],
         key="sweep-results",
         description=f"{spec.name}: one row per cell and load level",
     )

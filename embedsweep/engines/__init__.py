@@ -46,7 +46,7 @@ def server_for(engine: str, launch: Launch, log_path: Path, owner: str = "") -> 
     HF_TOKEN are redacted from what it logs; ``owner`` goes into its pid file (see pidfiles)."""
     adapter = adapter_for(engine)
     return ServerProcess(
-        adapter.command(launch),
+        [*adapter.command(launch), *launch.extra_args],
         env=adapter.environment(launch),
         log_path=log_path,
         host=launch.host,

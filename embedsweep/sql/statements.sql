@@ -34,8 +34,19 @@ INSERT INTO runs (
     run_id, sweep_run_id, sweep_name, cell_id, model, model_ref, engine, planned_engine, pool,
     gpu_model, gpu_count, cost_per_gpu_hour, chunk_size, batch_size, status, reason, message,
     engine_version, max_input_tokens, time_to_healthy_s, seed, started_at, finished_at, ingested_at,
-    host, devices, port_released, gpu_memory_released, server_id
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+    host, devices, port_released, gpu_memory_released, server_id, fidelity, usage_counting,
+    usage_trusted
+) VALUES (
+    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+);
+
+-- name: insert_fidelity
+INSERT INTO fidelity_checks (
+    run_id, probe_version, reference, served_dtype, threshold, texts, dimension,
+    reference_dimension, min_cosine, mean_cosine, max_abs_diff, norm_min, norm_max, normalized,
+    reference_normalized, invariance_min_cosine, invariance_max_abs_diff, dimensions_request,
+    overlength, verdict, findings
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: insert_preflight_reason
 INSERT INTO preflight_reasons (
@@ -123,7 +134,17 @@ SELECT
     strftime(started_at, '%Y-%m-%dT%H:%M:%SZ') AS started_at,
     server_id,
     (SELECT s.time_to_healthy_s FROM v_servers AS s WHERE s.server_id = v_results.server_id)
-        AS server_startup_s
+        AS server_startup_s,
+    fidelity,
+    coalesce(fidelity_failed, false) AS fidelity_failed,
+    fidelity_min_cosine,
+    fidelity_threshold,
+    fidelity_max_abs_diff,
+    fidelity_invariance_min_cosine,
+    (SELECT f.findings FROM fidelity_checks AS f WHERE f.run_id = v_results.run_id)
+        AS fidelity_findings,
+    usage_counting,
+    usage_trusted
 FROM v_results
 WHERE CASE
     WHEN CAST(? AS VARCHAR) IS NULL THEN is_latest

@@ -101,12 +101,14 @@ def test_markdown_comparison_carries_every_figure() -> None:
     assert lines[0] == (
         "| model | engine | pool | gpu | chunk | batch | mode | conc | offered rps | status "
         "| reason | rps | inputs/s | tok/s | p50 ms | p90 ms | p95 ms | p99 ms | max ms | mean ms "
-        "| $/M tok | lag p99 ms | tok mismatch |"
+        "| $/M tok | lag p99 ms | tok mismatch | usage counts | fidelity | min cosine |"
     )
-    assert lines[1] == "|---|---|---|---|---:|---:|---|---:|---:|---|---|" + "---:|" * 12
+    assert lines[1] == (
+        "|---|---|---|---|---:|---:|---|---:|---:|---|---|" + "---:|" * 12 + "---|---|---:|"
+    )
     assert lines[2] == (
         "| e5-base-v2 | vllm | a100 | NVIDIA A100 | 512 | 1 | - | 16 | - | ok | - | 812.3 "
-        "| 812.3 | 415,921 | 4.57 | 9.10 | - | 123.5 | - | 5.00 | 0.0012 | - | 0 |"
+        "| 812.3 | 415,921 | 4.57 | 9.10 | - | 123.5 | - | 5.00 | 0.0012 | - | 0 | - | - | - |"
     )
     assert lines[3].startswith(
         "| NV-Embed-v2 | hf (planned vllm) | a100 | NVIDIA A100 | 512 | 1 | - | - | - | blocked "
@@ -201,6 +203,7 @@ def test_table_shows_formatted_numbers_and_blocked_cells() -> None:
         "415,921",
         "4.57",
         "123.5",
+        "-",
     ]
     assert "unsupported_architecture" in blocked
     assert "hf (planned vllm)" in blocked
@@ -234,7 +237,7 @@ def test_odd_values_render_as_missing_or_formatted(value: object, shown: str) ->
     text = render([row(p99_ms=value)], "table", width=200)
 
     ok_line = next(line for line in text.splitlines() if "e5-base-v2" in line)
-    assert ok_line.split()[-2:] == ["4.57", shown]
+    assert ok_line.split()[-3:] == ["4.57", shown, "-"]
 
 
 def test_unknown_format_is_a_config_error() -> None:
@@ -284,3 +287,58 @@ def test_servers_are_listed_once_with_the_chunk_sizes_they_served() -> None:
     assert "| e5-base-v2 | vllm 0.32.0 | a100 | 32, 128 | 38.2 |" in markdown
     # Rows without a server (written before servers were shared) show no servers section.
     assert "Servers" not in render([row()], "table", width=160)
+
+
+UNFAITHFUL = row(
+    fidelity="failed",
+    fidelity_failed=True,
+    fidelity_min_cosine=0.3122535,
+    fidelity_threshold=0.9999,
+    fidelity_max_abs_diff=0.77,
+    fidelity_invariance_min_cosine=1.0,
+    fidelity_findings=[{"code": "vectors_differ", "message": "cosine 0.312254 ..."}],
+    run_id="r-bad",
+)
+FAITHFUL = row(
+    engine="hf",
+    fidelity="passed",
+    fidelity_failed=False,
+    fidelity_min_cosine=0.99999994,
+    fidelity_threshold=0.9999,
+    fidelity_findings=[],
+    run_id="r-good",
+)
+
+
+def test_a_fidelity_failure_never_reads_as_ok() -> None:
+    table = render([UNFAITHFUL, FAITHFUL], "table", width=220)
+    bad = next(line for line in table.splitlines() if "vllm" in line and "16" in line)
+    good = next(line for line in table.splitlines() if " hf " in line and "16" in line)
+    assert "fidelity_failed" in bad.split()
+    assert "ok" not in bad.split()
+    assert "FAIL 0.312254" in bad
+    assert good.split()[5] == "ok"
+    assert good.split()[-1] == "pass"
+    assert "fidelity_failed = the level ran, but the served vectors are not the model's" in table
+    assert "Fidelity (served vectors vs a float32 CPU reference)" in table
+
+    markdown = render([UNFAITHFUL, FAITHFUL], "markdown")
+    fidelity = _section(markdown, "Fidelity")
+    assert fidelity[4].startswith("| e5-base-v2 | vllm | a100 | 512 | failed | 0.312254 | 0.999900")
+    assert fidelity[4].endswith("| vectors_differ |")
+    assert "| fidelity_failed |" in "\n".join(_section(markdown, "Comparison"))
+    # Peaks show it too: the fastest level is not a clean figure.
+    assert "fidelity_failed" in "\n".join(_section(markdown, "Peak throughput"))
+
+
+def test_a_clean_report_has_no_fidelity_note() -> None:
+    text = render([FAITHFUL], "table", width=220)
+    assert "fidelity_failed" not in text
+
+
+def test_html_marks_the_row_the_series_and_lists_the_probe() -> None:
+    page = render([UNFAITHFUL, FAITHFUL], "html")
+    assert '<tr class="s-fidelity_failed">' in page
+    assert 'id="fidelity"' in page
+    assert "e5-base-v2 · vllm · a100 (fidelity_failed)" in page
+    assert "e5-base-v2 · hf · a100 (fidelity_failed)" not in page

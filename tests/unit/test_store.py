@@ -903,3 +903,50 @@ def test_compare_is_the_latest_levels_in_long_form(
         ("e5-base-v2", 512, 4, "sglang@a100", 1000.0),
         ("e5-base-v2", 512, 4, "vllm@a100", 900.0),
     ]
+
+
+def test_a_fidelity_probe_is_stored_and_marks_the_figures(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    from embedsweep.records import FidelityFinding, FidelityResult
+
+    bad = FidelityResult(
+        probe_version=1,
+        reference="sentence-transformers float32 cpu",
+        served_dtype="float32",
+        threshold=0.9999,
+        texts=19,
+        dimension=384,
+        reference_dimension=384,
+        min_cosine=0.31,
+        mean_cosine=0.45,
+        max_abs_diff=0.77,
+        normalized=True,
+        reference_normalized=True,
+        invariance_min_cosine=1.0,
+        dimensions_request="refused",
+        overlength="rejected",
+        verdict="failed",
+        findings=[FidelityFinding(code="vectors_differ", message="cosine 0.31 < 0.9999")],
+    )
+    m = manifest("run-unfaithful", fidelity=bad)
+    ingest_run(warehouse, write_run(tmp_path, m, request_table(m)))
+    ingest_run(warehouse, write_run(tmp_path, manifest("run-unprobed", cell_id="c2")))
+
+    [(verdict, cosine, findings)] = warehouse.execute(
+        "SELECT verdict, min_cosine, findings FROM fidelity_checks"
+    ).fetchall()
+    assert (verdict, cosine) == ("failed", 0.31)
+    assert json.loads(findings) == [{"code": "vectors_differ", "message": "cosine 0.31 < 0.9999"}]
+    compare = warehouse.execute(
+        "SELECT run_id, status, fidelity, fidelity_failed, fidelity_min_cosine FROM v_compare "
+        "ORDER BY run_id"
+    ).fetchall()
+    assert {r[0]: r[1:] for r in compare} == {
+        "run-unfaithful": ("ok", "failed", True, 0.31),
+        "run-unprobed": ("ok", None, None, None),
+    }
+    rows = {r["run_id"]: r for r in report_rows(warehouse)}
+    assert rows["run-unfaithful"]["fidelity_failed"] is True
+    assert rows["run-unfaithful"]["fidelity_findings"][0]["code"] == "vectors_differ"
+    assert rows["run-unprobed"]["fidelity_failed"] is False
