@@ -370,6 +370,8 @@ def load(
             "max": summary.lag_max_ms,
         },
         "unsent": summary.unsent,
+        "partial": summary.partial,
+        "stopped_reason": summary.stopped_reason,
     }
     if as_json:
         _echo_json(out)
@@ -389,6 +391,10 @@ def load(
             )
         for cause, n in summary.errors_by_cause.items():
             typer.echo(f"  errors {cause}: {n}")
+        if summary.partial:
+            typer.echo(
+                f"  stopped early ({summary.stopped_reason}); {summary.unsent} request(s) not sent"
+            )
 
 
 @app.command()

@@ -27,6 +27,7 @@ import json
 import math
 import multiprocessing
 import multiprocessing.connection
+import os
 import re
 import signal
 import ssl
@@ -106,6 +107,8 @@ class LevelRecords:
     offered_rps: float | None = None
     unsent: int = 0
     processes: int = 1
+    # Why the level stopped before its end (the server died, or nothing answered), or None.
+    halted: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.scheduled_ns) == 0 and len(self.start_ns) > 0:
@@ -302,6 +305,7 @@ class _Phase:
     __slots__ = (
         "deadline_ns",
         "errors",
+        "halted",
         "latencies",
         "prompt_tokens",
         "remaining",
@@ -313,6 +317,7 @@ class _Phase:
     def __init__(self, requests: int | None, deadline_ns: int) -> None:
         self.remaining = requests if requests is not None else sys.maxsize
         self.deadline_ns = deadline_ns
+        self.halted = False
         self.starts: list[int] = []
         self.scheduled: list[int] = []
         self.latencies: list[int] = []
@@ -349,7 +354,14 @@ class _Phase:
         self.prompt_tokens.append(-1)
 
     def unsent(self) -> int:
-        return 0
+        # Requests a halted level never sent (a duration level has no count to leave).
+        return self.remaining if self.halted and self.remaining != sys.maxsize else 0
+
+    def halt(self) -> None:
+        """End the phase now: nothing more is sent (the server is gone)."""
+        self.halted = True
+        self.deadline_ns = 0
+        self.stop()
 
     def stop(self) -> None:
         """Release what the phase holds on to (nothing in a closed loop)."""
@@ -433,6 +445,11 @@ class _OpenPhase(_Phase):
     def unsent(self) -> int:
         return len(self._schedule) - self._next
 
+    def halt(self) -> None:
+        self.halted = True
+        self.deadline_ns = 0
+        self.stop()
+
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -445,12 +462,37 @@ class _OpenPhase(_Phase):
 class _Shared:
     """State all connections of a level share: the request bytes and where the cycle is."""
 
-    __slots__ = ("live", "next_index", "requests", "timeout_s")
+    __slots__ = (
+        "answered",
+        "halted",
+        "live",
+        "next_index",
+        "phase",
+        "refused_since_ns",
+        "requests",
+        "timeout_s",
+        "watch_pid",
+        "workers",
+    )
 
-    def __init__(self, requests: list[bytes], timeout_s: float, first_index: int = 0) -> None:
+    def __init__(
+        self,
+        requests: list[bytes],
+        timeout_s: float,
+        first_index: int = 0,
+        watch_pid: int | None = None,
+    ) -> None:
         self.requests = requests
         self.next_index = first_index % len(requests)
         self.timeout_s = timeout_s
+        # The server's process: its death ends the level at once (see _halt).
+        self.watch_pid = watch_pid
+        self.halted: str | None = None
+        self.phase: _Phase | None = None
+        self.workers: Sequence[_Worker] = ()
+        # When connections began to fail with no response since (None: the last one answered).
+        self.refused_since_ns: int | None = None
+        self.answered = False
         # Every connection whose transport has not reported connection_lost yet, replaced ones
         # included, so the level can wait for all its sockets to close.
         self.live: set[_Connection] = set()
@@ -579,6 +621,7 @@ class _Connection(asyncio.Protocol):
             self._chunks = []
             return
         self.in_flight = False
+        self._shared.refused_since_ns = None
         chunks = self._chunks
         self._chunks = []
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -616,6 +659,10 @@ class _Worker:
         self._shared = shared
         self.connection: _Connection | None = None
 
+    @property
+    def shared(self) -> _Shared:
+        return self._shared
+
     async def run(self, phase: _Phase) -> None:
         failures = 0
         while not phase.exhausted(time.perf_counter_ns()):
@@ -652,7 +699,9 @@ class _Worker:
         else:
             return protocol
         # The request this connection was for counts as sent and failed.
-        phase.fail_connect(started, time.perf_counter_ns(), message)
+        end = time.perf_counter_ns()
+        phase.fail_connect(started, end, message)
+        _check_server(self._shared, end, message)
         return None
 
 
@@ -664,6 +713,9 @@ async def _watch_timeouts(workers: Sequence[_Worker], timeout_s: float) -> None:
     while True:
         await asyncio.sleep(tick)
         now = time.perf_counter_ns()
+        if workers:
+            # Between requests, in flight, warming up: a dead server ends the level within a tick.
+            _check_server(workers[0].shared, now, None)
         for worker in workers:
             connection = worker.connection
             if (
@@ -674,7 +726,63 @@ async def _watch_timeouts(workers: Sequence[_Worker], timeout_s: float) -> None:
                 connection.fail_in_flight(f"timeout: no response within {timeout_s:g}s")
 
 
+# Connections refused (or dropped before an answer) this long with no response in between end
+# the level: the server is gone even where its process cannot be watched (``embedsweep load``).
+UNREACHABLE_S = 3.0
+
+
+def _pid_dead(pid: int) -> bool:
+    """Whether process PID has exited (gone, or a zombie its parent has not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rpartition(b")")[2].split()[0]
+    except FileNotFoundError:
+        return True
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return state in (b"Z", b"X")
+
+
+def _check_server(shared: _Shared, now_ns: int, failure: str | None) -> None:
+    """Halt the level when the server is gone: its watched process exited, or (after a failed
+    connection) nothing has answered for UNREACHABLE_S."""
+    if shared.halted is not None or shared.phase is None:
+        return
+    pid = shared.watch_pid
+    if pid is not None and _pid_dead(pid):
+        _halt(shared, f"the server process (pid {pid}) exited")
+        return
+    if failure is None:
+        return
+    if shared.refused_since_ns is None:
+        shared.refused_since_ns = now_ns
+    elif now_ns - shared.refused_since_ns > UNREACHABLE_S * 1e9:
+        _halt(shared, f"no answer for {UNREACHABLE_S:g} s ({failure})")
+
+
+def _halt(shared: _Shared, reason: str) -> None:
+    """Stop the phase: no more requests; those in flight fail now (they cannot be answered)."""
+    shared.halted = reason
+    phase = shared.phase
+    if phase is not None:
+        phase.halt()
+    for worker in shared.workers:
+        connection = worker.connection
+        if connection is not None and connection.in_flight:
+            connection.fail_in_flight(f"connection: the level stopped: {reason}")
+
+
 async def _run_phase(workers: Sequence[_Worker], phase: _Phase) -> None:
+    shared = workers[0].shared
+    shared.phase = phase
+    if shared.halted is not None:
+        phase.halt()
     try:
         await asyncio.gather(*(worker.run(phase) for worker in workers))
     finally:
@@ -696,6 +804,7 @@ class _Share:
     timeout_s: float
     schedule_ns: npt.NDArray[np.int64] | None
     first_payload: int = 0
+    watch_pid: int | None = None
 
 
 @dataclass
@@ -710,6 +819,7 @@ class _Rows:
     errors: dict[int, str]
     wall_ns: int
     unsent: int
+    halted: str | None = None
 
 
 async def _start_now() -> int:
@@ -721,9 +831,13 @@ async def _drive(share: _Share, start_gate: Callable[[], Awaitable[int]]) -> _Ro
     run the measured phase from it."""
     target = _parse_url(share.url)
     shared = _Shared(
-        _request_bytes(target, share.payloads, share.api_key), share.timeout_s, share.first_payload
+        _request_bytes(target, share.payloads, share.api_key),
+        share.timeout_s,
+        share.first_payload,
+        share.watch_pid,
     )
     workers = [_Worker(target, shared) for _ in range(share.concurrency)]
+    shared.workers = workers
     watchdog = asyncio.create_task(_watch_timeouts(workers, share.timeout_s))
     try:
         if share.warmup:
@@ -756,6 +870,7 @@ async def _drive(share: _Share, start_gate: Callable[[], Awaitable[int]]) -> _Ro
         errors=phase.errors,
         wall_ns=wall_ns,
         unsent=phase.unsent(),
+        halted=shared.halted,
     )
 
 
@@ -803,6 +918,7 @@ def _records(
         offered_rps=offered_rps,
         unsent=sum(p.unsent for p in parts),
         processes=len(parts),
+        halted=next((p.halted for p in parts if p.halted), None),
     )
 
 
@@ -860,6 +976,7 @@ def _shares(
     api_key: str | None,
     schedule_ns: npt.NDArray[np.int64] | None,
     processes: int,
+    watch_pid: int | None = None,
 ) -> list[_Share]:
     """Split a level over ``processes``: connections, warm-up and requests as evenly as they go,
     an open loop's arrivals round-robin (so each process sees every N-th arrival and the union is
@@ -884,6 +1001,7 @@ def _shares(
             timeout_s=timeout_s,
             schedule_ns=None if schedule_ns is None else schedule_ns[i::processes],
             first_payload=i * len(payloads) // processes,
+            watch_pid=watch_pid,
         )
         for i in range(processes)
     ]
@@ -902,6 +1020,7 @@ async def run_level(
     api_key: str | None = None,
     rate: float | None = None,
     seed: int = 0,
+    watch_pid: int | None = None,
 ) -> LevelRecords:
     """Drive ``url`` + ``/v1/embeddings`` in this process's running event loop.
 
@@ -911,6 +1030,10 @@ async def run_level(
     starts and the level runs ``requests`` requests, or for ``duration_s`` seconds (no request
     starts after it), or until whichever comes first when both are given. ``expected_tokens`` is
     what each request sends (tokens per input × inputs per request), stored with every row.
+
+    The level ends early, keeping what it measured (``halted`` says why), when the server is gone:
+    the process ``watch_pid`` exited (checked at every failed connection and every quarter
+    second), or connections failed for ``UNREACHABLE_S`` with no response in between.
     """
     _check_level(
         payloads,
@@ -939,6 +1062,7 @@ async def run_level(
         api_key=api_key,
         schedule_ns=schedule,
         processes=1,
+        watch_pid=watch_pid,
     )
     rows = await _drive(share, _start_now)
     return _records(
@@ -974,6 +1098,7 @@ def run_level_sync(
     rate: float | None = None,
     seed: int = 0,
     processes: int = 1,
+    watch_pid: int | None = None,
 ) -> LevelRecords:
     """:func:`run_level` on a fresh event loop (uvloop when installed), or on ``processes``
     worker processes with one event loop each, for when one core cannot keep up.
@@ -1014,6 +1139,7 @@ def run_level_sync(
             api_key=api_key,
             schedule_ns=schedule,
             processes=processes,
+            watch_pid=watch_pid,
         )
         parts = _run_processes_stoppable(shares)
         return _records(
@@ -1034,6 +1160,7 @@ def run_level_sync(
         api_key=api_key,
         rate=rate,
         seed=seed,
+        watch_pid=watch_pid,
     )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         if threading.current_thread() is not threading.main_thread():

@@ -94,10 +94,12 @@ def summarize(
         prompt_tokens_mismatch=mismatch,
         # Little's law: the mean number of requests in flight over the level.
         achieved_concurrency=per_second(float(records.latency_ns.sum()) / 1e9),
-        valid=ok > 0 and mismatch == 0,
+        valid=ok > 0 and mismatch == 0 and records.halted is None,
         cost_per_million_tokens=cost,
         mode=records.mode,
         offered_rps=records.offered_rps,
+        partial=records.halted is not None,
+        stopped_reason=records.halted,
         lag_mean_ms=lag_mean,
         lag_p99_ms=lag_p99,
         lag_max_ms=lag_max,

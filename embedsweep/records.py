@@ -139,6 +139,14 @@ class LevelSummary(_Frozen):
     gpu_power_mean_w: float | None = Field(
         default=None, description="NVML: mean power draw of one device during the level (W)."
     )
+    partial: bool = Field(
+        default=False,
+        description="The level stopped before its end (the server died or stopped answering): "
+        "its figures cover what was measured until then, and it is never valid.",
+    )
+    stopped_reason: str | None = Field(
+        default=None, description="Why a partial level stopped (None for a whole one)."
+    )
 
 
 FidelityVerdict = Literal["passed", "failed", "error", "not_checked"]

@@ -105,6 +105,9 @@ def _status(row: ReportRow) -> str:
     # reached) must not read like a clean result; nor one whose served vectors are not the
     # model's (the fidelity probe failed): its figures measure something else.
     status = _text(row.get("status"))
+    if row.get("partial"):
+        # The level the server's death cut short: its figures cover only what was measured.
+        return f"{status} (partial)"
     if status != "ok":
         return status
     if row.get("fidelity_failed") or row.get("fidelity") == "failed":

@@ -44,6 +44,9 @@ from embedsweep.records import (
 from embedsweep.registry import LiveArchitectures, live_architectures
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from embedsweep.loadgen import LevelRecords
     from embedsweep.telemetry import GpuTelemetry
 
 __all__ = [
@@ -283,6 +286,8 @@ class _Measured:
 
     def fields(self) -> dict[str, object]:
         return {
+            # A failed run keeps the levels it measured (the last one marked partial).
+            "levels": self.levels,
             "fidelity": self.fidelity,
             "devices": list(self.devices),
             "port_released": self.port_released,
@@ -473,53 +478,16 @@ def _run_levels(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from embedsweep.loadgen import run_level_sync
     from embedsweep.metrics import summarize
 
     plan = item.plan
     cell, load = plan.cell, plan.load
     assert item.meta is not None
     payloads, expected = _calibrated_payloads(item.meta, plan, cell.model.display_name)
-    tables = []
-    for concurrency in load.concurrency:
-        if progress:
-            progress(0, f"{cell.label}: concurrency {concurrency}")
-        when = f"during the load at concurrency {concurrency}"
-        try:
-            with telemetry.level(concurrency):
-                records = run_level_sync(
-                    server.url,
-                    payloads,
-                    expected,
-                    concurrency=concurrency,
-                    requests=load.requests,
-                    duration_s=load.duration_s,
-                    warmup=load.warmup_requests,
-                    timeout_s=load.request_timeout_s,
-                    api_key=launch.api_key,
-                )
-        except EmbedsweepError:
-            code = server.exited()
-            if code is not None:
-                raise server.exit_error(code, when, tail_lines=20) from None
-            raise
-        code = server.exited()
-        if code is not None:
-            raise server.exit_error(code, when, tail_lines=20)
-        dead = _engine_death(records)
-        if dead is not None:
-            # The API server answers for an engine that died (vLLM: 500 EngineDeadError); it
-            # exits soon after. The level is not a measurement of the model.
-            code = _wait_exit(server, ENGINE_EXIT_WAIT_S)
-            if code is not None:
-                raise server.exit_error(code, when, tail_lines=20)
-            raise ServerError(
-                f"the engine died {when} (its API server answered: {dead})" + server.log_tail(),
-                code="server_crashed",
-            )
-        failure = _level_failure(records, concurrency)
-        if failure is not None:
-            raise failure
+    tables: list[pa.Table] = []
+
+    def keep(records: LevelRecords, concurrency: int, **update: object) -> None:
+        # What a level measured is kept, whole or not (a partial one is marked and never valid).
         summary = summarize(
             records,
             batch_size=load.batch_size,
@@ -527,18 +495,85 @@ def _run_levels(
             gpu_count=cell.pool.tensor_parallel_size,
         )
         gpu_summary = telemetry.summary(concurrency)
-        out.levels.append(summary.model_copy(update=gpu_summary))
+        out.levels.append(summary.model_copy(update={**gpu_summary, **update}))
         tables.append(records.to_arrow(item.run_id))
-        if progress:
-            progress(1, f"{cell.label}: concurrency {concurrency} done")
-    if load.fidelity:
-        if progress:
-            progress(0, f"{cell.label}: fidelity probe")
-        out.fidelity = _fidelity(item, server, launch)
-    _write_table(pa.concat_tables(tables), item.run_dir / "requests.parquet", pq)
-    samples = telemetry.to_arrow(item.run_id)
-    if samples.num_rows:
-        _write_table(samples, item.run_dir / "telemetry.parquet", pq)
+
+    try:
+        for concurrency in load.concurrency:
+            if progress:
+                progress(0, f"{cell.label}: concurrency {concurrency}")
+            _run_level(item, server, launch, telemetry, concurrency, payloads, expected, keep)
+            if progress:
+                progress(1, f"{cell.label}: concurrency {concurrency} done")
+        if load.fidelity:
+            if progress:
+                progress(0, f"{cell.label}: fidelity probe")
+            out.fidelity = _fidelity(item, server, launch)
+    finally:
+        if tables:
+            _write_table(pa.concat_tables(tables), item.run_dir / "requests.parquet", pq)
+        samples = telemetry.to_arrow(item.run_id)
+        if samples.num_rows:
+            _write_table(samples, item.run_dir / "telemetry.parquet", pq)
+
+
+def _run_level(
+    item: _Item,
+    server: ServerProcess,
+    launch: Launch,
+    telemetry: GpuTelemetry,
+    concurrency: int,
+    payloads: list[bytes],
+    expected: int,
+    keep: Callable[..., None],
+) -> None:
+    """One level; what it measured goes to KEEP even when it ends in the server's death (then
+    marked partial), and the death is raised after."""
+    from embedsweep.loadgen import run_level_sync
+
+    load = item.plan.load
+    when = f"during the load at concurrency {concurrency}"
+    assert server.proc is not None
+    try:
+        with telemetry.level(concurrency):
+            records = run_level_sync(
+                server.url,
+                payloads,
+                expected,
+                concurrency=concurrency,
+                requests=load.requests,
+                duration_s=load.duration_s,
+                warmup=load.warmup_requests,
+                timeout_s=load.request_timeout_s,
+                api_key=launch.api_key,
+                # The server's death ends the level at once, whatever its moment.
+                watch_pid=server.proc.pid,
+            )
+    except EmbedsweepError:
+        code = server.exited()
+        if code is not None:
+            raise server.exit_error(code, when, tail_lines=20) from None
+        raise
+    dead = _engine_death(records)
+    if records.halted is not None or dead is not None:
+        reason = records.halted or f"the engine died (its API server answered: {dead})"
+        if len(records):
+            keep(records, concurrency, partial=True, valid=False, stopped_reason=reason)
+        # The API server answers for an engine that died (vLLM: 500 EngineDeadError), and exits
+        # soon after; a dead process is reaped by now or in a moment.
+        code = _wait_exit(server, ENGINE_EXIT_WAIT_S)
+        if code is not None:
+            raise server.exit_error(code, when, tail_lines=20)
+        raise ServerError(
+            f"the server stopped {when}: {reason}" + server.log_tail(), code="server_crashed"
+        )
+    keep(records, concurrency)
+    code = server.exited()
+    if code is not None:
+        raise server.exit_error(code, f"after the load at concurrency {concurrency}", tail_lines=20)
+    failure = _level_failure(records, concurrency)
+    if failure is not None:
+        raise failure
 
 
 def _reference_budget_bytes() -> int:
@@ -716,7 +751,7 @@ def _measure_item(
         )
     finally:
         telemetry.close()
-    return item.manifest("ok", levels=out.levels, **out.fields())
+    return item.manifest("ok", **out.fields())
 
 
 def _released(server: ServerProcess) -> bool | None:

@@ -422,6 +422,8 @@ def _result_rows(manifest: RunManifest) -> list[list[object]]:
             level.gpu_util_mean_pct,
             level.gpu_mem_used_max_mib,
             level.gpu_power_mean_w,
+            level.partial,
+            level.stopped_reason,
         ]
         for level in manifest.levels
     ]

@@ -60,10 +60,10 @@ INSERT INTO results (
     inputs_per_s, input_tokens_per_s, latency_mean_ms, p50_ms, p90_ms, p95_ms, p99_ms, max_ms,
     prompt_tokens_mismatch, achieved_concurrency, valid, cost_per_million_tokens,
     mode, offered_rps, lag_mean_ms, lag_p99_ms, lag_max_ms, unsent,
-    gpu_util_mean_pct, gpu_mem_used_max_mib, gpu_power_mean_w
+    gpu_util_mean_pct, gpu_mem_used_max_mib, gpu_power_mean_w, partial, stopped_reason
 ) VALUES (
     ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-    ?, ?, ?, ?, ?, ?, ?, ?, ?
+    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
 );
 
 -- name: foreign_request_rows
@@ -144,7 +144,9 @@ SELECT
     (SELECT f.findings FROM fidelity_checks AS f WHERE f.run_id = v_results.run_id)
         AS fidelity_findings,
     usage_counting,
-    usage_trusted
+    usage_trusted,
+    coalesce(partial, false) AS partial,
+    stopped_reason
 FROM v_results
 WHERE CASE
     WHEN CAST(? AS VARCHAR) IS NULL THEN is_latest
