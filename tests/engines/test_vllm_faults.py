@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -60,15 +61,18 @@ def _gone(group: int, timeout_s: float = 30.0) -> bool:
     return engine_processes(group) == []
 
 
-class _WorkerKiller(threading.Thread):
-    """Once the cell's server is healthy and under load, SIGKILLs its ``VLLM::Worker``."""
+class _Killer(threading.Thread):
+    """Once the cell's server is healthy and under load, SIGKILLs one of its processes: the
+    ``VLLM::Worker`` or the API server (the group leader)."""
 
-    def __init__(self, after_s: float) -> None:
+    def __init__(self, after_s: float, target: str) -> None:
         super().__init__(daemon=True)
         self.after_s = after_s
+        self.target = target
         self.group: int | None = None
         self.seen: list[tuple[int, str]] = []
         self.killed: int | None = None
+        self.killed_at: float | None = None
 
     def run(self) -> None:
         deadline = time.monotonic() + 300
@@ -78,33 +82,49 @@ class _WorkerKiller(threading.Thread):
                 self.group = found[0].pid
                 time.sleep(self.after_s)
                 self.seen = engine_processes(self.group)
-                worker = next(pid for pid, comm in self.seen if comm.startswith("VLLM::Worker"))
-                os.kill(worker, signal.SIGKILL)
-                self.killed = worker
+                victim = (
+                    self.group
+                    if self.target == "api-server"
+                    else next(pid for pid, comm in self.seen if comm.startswith("VLLM::Worker"))
+                )
+                os.kill(victim, signal.SIGKILL)
+                self.killed, self.killed_at = victim, time.time()
                 return
             time.sleep(0.2)
 
 
-def test_worker_killed_mid_level_fails_the_run_and_leaves_no_vllm_process(
-    tmp_path: Path, real_engines_root: Path
+@pytest.mark.parametrize("target", ["worker", "api-server"])
+def test_a_process_killed_mid_level_fails_the_run_within_seconds_and_leaves_nothing(
+    target: str, tmp_path: Path, real_engines_root: Path
 ) -> None:
-    killer = _WorkerKiller(after_s=4.0)  # warm-up done, the 10 s level running
+    killer = _Killer(after_s=4.0, target=target)  # warm-up done, the level running
     killer.start()
-    manifest = run_cell(_plan(_spec(tmp_path)))
+    # 100,000 requests: only the death can end this level in time.
+    load = {"chunk_sizes": [32], "concurrency": [4], "requests_per_level": 100_000,
+            "warmup_requests": 4}  # fmt: skip
+    manifest = run_cell(_plan(_spec(tmp_path, load=load)))
     killer.join(timeout=10)
     assert killer.killed is not None
+    assert killer.killed_at is not None
     # The server was the three processes vLLM is made of.
     assert sorted(comm.split("::")[0] for _, comm in killer.seen) == ["VLLM", "VLLM", "python"]
     assert (manifest.status, manifest.reason) == ("failed", "server_crashed")
     assert manifest.message is not None
     assert "server.log (last lines)" in manifest.message
-    assert manifest.levels == []
+    # What was measured before the death is kept, marked partial.
+    [level] = manifest.levels
+    assert level.partial is True
+    assert level.valid is False
+    assert 0 < level.ok < 100_000
+    finished = datetime.fromisoformat(manifest.finished_at).timestamp()
+    assert finished - killer.killed_at < 20  # the API server's own exit takes a few seconds
     assert manifest.port_released is True
     assert killer.group is not None
     assert _gone(killer.group)
     assert pidfiles.records() == []
-    log = (tmp_path / "runs" / "faults" / manifest.run_id / "server.log").read_text()
-    assert "died unexpectedly" in log
+    if target == "worker":
+        log = (tmp_path / "runs" / "faults" / manifest.run_id / "server.log").read_text()
+        assert "died unexpectedly" in log
 
 
 def test_startup_that_cannot_finish_in_time_is_killed_whole(
