@@ -657,9 +657,20 @@ def sql(
         Path | None, typer.Option("--file", "-f", help="Read the SQL from a file.")
     ] = None,
     warehouse: WarehouseOpt = DEFAULT_WAREHOUSE,
+    runs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--runs",
+            help="A run folder queries may read (requests.parquet); repeat for more. Default: "
+            "runs/ beside the warehouse file.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run a read-only SQL query against the warehouse."""
+    """Run read-only SQL (SELECT, EXPLAIN) against the warehouse.
+
+    The query sees the warehouse and the run folders only: writes, COPY / EXPORT, ATTACH,
+    INSTALL / LOAD, settings, and any other file or network access are refused (exit 2)."""
     import duckdb
     from rich.console import Console
     from rich.table import Table
@@ -679,7 +690,16 @@ def sql(
     except EmbedsweepError as exc:
         _fail(exc.message)
     try:
-        columns, rows = store.query(con, query)
+        store.sandbox(con, runs if runs else [warehouse.parent / "runs"])
+        columns, rows = store.read_only_query(con, query)
+    except ConfigError as exc:
+        _fail(exc.message)
+    except duckdb.PermissionException as exc:
+        _fail(
+            "refused: embedsweep sql reads the warehouse and its run folders only ("
+            + str(exc).splitlines()[0]
+            + ")"
+        )
     except duckdb.Error as exc:
         _fail(str(exc).splitlines()[0])
     finally:

@@ -38,8 +38,10 @@ __all__ = [
     "migrations",
     "open_warehouse",
     "query",
+    "read_only_query",
     "record_sweep",
     "report_rows",
+    "sandbox",
 ]
 
 # DuckDB 2.0 writes storage version 69 by default, which the duckdb CLI on PyPI (duckdb-cli 1.5.x,
@@ -553,6 +555,50 @@ def query(
         return [], []
     columns = [str(d[0]) for d in cursor.description]
     return columns, list(cursor.fetchall())
+
+
+# What ``embedsweep sql`` runs: queries, never statements that write, load or configure.
+# (A PIVOT parses as MULTI: the SELECT it is rewritten into, with its temporary types.)
+_READ_STATEMENTS = frozenset(
+    {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.MULTI}
+)
+
+
+def sandbox(con: duckdb.DuckDBPyConnection, readable: Sequence[Path]) -> None:
+    """Lock CON (a read-only warehouse connection) to its own database plus the folders
+    READABLE (the run folders, for queries over requests.parquet): no other file is read or
+    written, no extension is installed or loaded, nothing leaves the machine, and the settings
+    cannot be changed back."""
+    con.execute("SET allowed_directories = ?", [[f"{Path(p).resolve()}/" for p in readable]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET lock_configuration = true")
+
+
+def read_only_query(
+    con: duckdb.DuckDBPyConnection, sql: str
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """One or more SELECT / EXPLAIN statements on a :func:`sandbox`-ed connection; the rows of
+    the last. Anything else (COPY, EXPORT, ATTACH, INSTALL, SET, PRAGMA, CALL, a write) is a
+    ConfigError naming it, before any statement runs."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise ConfigError(_first_line(exc)) from exc
+    if not statements:
+        raise ConfigError("no SQL statement given")
+    for statement in statements:
+        if statement.type not in _READ_STATEMENTS:
+            kind = statement.type.name
+            raise ConfigError(
+                f"refused: embedsweep sql is read-only and runs SELECT and EXPLAIN only "
+                f"(this is {kind})"
+            )
+    result: tuple[list[str], list[tuple[Any, ...]]] = ([], [])
+    for statement in statements:
+        result = query(con, statement.query)
+    return result
 
 
 def _jsonable(value: object) -> object:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -265,3 +266,75 @@ def test_cli_sees_the_compare_pivot_columns(warehouse: Path) -> None:
     rows = _cli(warehouse, (QUERIES / "compare.sql").read_text(encoding="utf-8"))
 
     assert rows == [{"model": OK_MODEL, "chunk_size": 512, "concurrency": 4, "vllm@a100": 1536.0}]
+
+
+def _sql_cli(path: Path, sql: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(EMBEDSWEEP), "sql", sql, "--warehouse", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=path.parent.parent,
+    )
+
+
+def _refused(
+    path: Path, outside: Path
+) -> list[str]:  # the statements an audit found that a read-only open still allowed
+    runs = path.parent / "runs"
+    return [
+        f"COPY (SELECT 1) TO '{outside / 'copied.csv'}'",
+        f"COPY (SELECT 1) TO '{runs / 'copied.csv'}'",  # a write, even inside the run folders
+        f"EXPORT DATABASE '{outside / 'exported'}'",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_text('/etc/hostname')",
+        "SELECT * FROM glob('/root/*')",
+        f"SELECT * FROM read_text('{runs}/../beside.txt')",  # out of the run folder by ..
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "SELECT * FROM read_csv('https://example.com/x.csv')",
+        f"ATTACH '{outside / 'other.duckdb'}' AS other",
+        "SET enable_external_access = true",
+        "SELECT 1; SET lock_configuration = false",
+        "DELETE FROM runs",
+        "CREATE TABLE t AS SELECT 1",
+        "PRAGMA enable_profiling",
+        "CALL pragma_version()",
+    ]
+
+
+def test_sql_refuses_writes_and_every_access_outside_the_warehouse(
+    warehouse: Path, tmp_path: Path
+) -> None:
+    beside = warehouse.parent / "beside.txt"
+    beside.write_text("not for queries")
+    for statement in _refused(warehouse, tmp_path):
+        done = _sql_cli(warehouse, statement)
+        assert done.returncode == 2, (statement, done.stdout, done.stderr)
+        assert done.stderr.startswith("error: refused"), (statement, done.stderr)
+        assert done.stderr.count("\n") == 1, done.stderr  # one line
+        assert done.stdout == ""
+    beside.unlink()
+    assert list(tmp_path.iterdir()) == []
+    assert not (warehouse.parent / "runs" / "copied.csv").exists()
+
+
+def test_sql_reads_the_run_folders_it_is_given(warehouse: Path, tmp_path: Path) -> None:
+    inside = _sql_cli(
+        warehouse,
+        "SELECT count(*) AS n FROM read_parquet('warehouse/runs/*/*/requests.parquet')",
+    )
+    assert inside.returncode == 0, inside.stderr
+    assert json.loads(inside.stdout) == [{"n": 6}]
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(warehouse.parent / "runs", elsewhere)
+    query = f"SELECT count(*) AS n FROM read_parquet('{elsewhere}/*/*/requests.parquet')"
+    assert _sql_cli(warehouse, query).returncode == 2
+    allowed = subprocess.run(
+        [str(EMBEDSWEEP), "sql", query, "--warehouse", str(warehouse), "--runs", str(elsewhere),
+         "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout) == [{"n": 6}]
