@@ -518,7 +518,9 @@ def run(
     as_json: JsonFlag = False,
 ) -> None:
     """Run a sweep: the preflight matrix first, then the Prefect flow (local mode, no server to
-    start). Exit 1 when no cell can run (the blocked cells are still recorded)."""
+    start). Exit 0 when at least one cell produced a valid measurement; 1 when none did (every
+    cell blocked, failed, cut short, invalid, or fidelity_failed: all still recorded); 2 bad
+    input; 130 interrupted."""
     from embedsweep.config import load_sweep
     from embedsweep.matrix import preflight_sweep
 
@@ -558,6 +560,10 @@ def run(
         )
     if not any(row.runnable for row in rows):
         typer.echo("error: no cell of this sweep can run (blocked cells recorded)", err=True)
+        raise typer.Exit(1)
+    if not summary.get("valid"):
+        # CI and cron must tell: every cell failed, was cut short, or measured something else.
+        typer.echo("error: no cell produced a valid measurement (see embedsweep report)", err=True)
         raise typer.Exit(1)
 
 

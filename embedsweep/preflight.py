@@ -26,6 +26,7 @@ from embedsweep.registry import LiveArchitectures, snapshot_for, support
 
 __all__ = [
     "PoolLimits",
+    "file_reasons",
     "max_input_tokens",
     "required_gpu_memory_gb",
     "run_preflight",
@@ -226,6 +227,75 @@ def _license_reasons(meta: ModelMeta) -> list[Reason]:
     return []
 
 
+# Config values the engines read as positive integers: a string or a zero here passes a JSON
+# parse and crashes the server.
+_POSITIVE_INT_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+    "type_vocab_size",
+    *_VLLM_LENGTH_KEYS,
+)
+_DTYPES = ("float32", "float16", "bfloat16", "float64", "auto")
+
+
+def _bad_value(value: object) -> bool:
+    return not (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+
+
+def file_reasons(meta: ModelMeta) -> list[Reason]:
+    """The model's own files, as the engines will read them: the config values they take as
+    numbers, the dtype, and the tokenizer files (a local tokenizer.json must be readable JSON
+    with a model). Each finding blocks with ``invalid_model_files`` naming file and field."""
+    problems: list[str] = []
+    for where, config in (("config.json", meta.config), ("config.json text_config", None)):
+        if config is None:
+            inner = meta.config.get("text_config")
+            if not isinstance(inner, dict):
+                continue
+            config = inner
+        for key in _POSITIVE_INT_KEYS:
+            if key in config and config[key] is not None and _bad_value(config[key]):
+                problems.append(f"{where}: {key} = {config[key]!r} is not a positive integer")
+        for key in ("torch_dtype", "dtype"):
+            value = config.get(key)
+            if value is not None and str(value).removeprefix("torch.") not in _DTYPES:
+                problems.append(f"{where}: {key} = {value!r} is not a dtype")
+    archs = meta.config.get("architectures")
+    if archs is not None and not (
+        isinstance(archs, list) and all(isinstance(a, str) and a for a in archs)
+    ):
+        problems.append(f"config.json: architectures = {archs!r} is not a list of names")
+    st_max = (meta.sentence_bert_config or {}).get("max_seq_length")
+    if st_max is not None and _bad_value(st_max):
+        problems.append(
+            f"sentence_bert_config.json: max_seq_length = {st_max!r} is not a positive integer"
+        )
+    problems.extend(_tokenizer_problems(meta))
+    return [Reason(code="invalid_model_files", severity="block", message=p) for p in problems]
+
+
+def _tokenizer_problems(meta: ModelMeta) -> list[str]:
+    # The one file read here rather than by the hub: a tokenizer.json is often megabytes, and
+    # only its being readable matters (every engine, and the calibration, loads it).
+    import json
+
+    path = meta.path / "tokenizer.json"
+    if not path.is_file():
+        return []
+    try:
+        with path.open("rb") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as exc:
+        return [f"tokenizer.json is not readable JSON ({str(exc).splitlines()[0][:120]})"]
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        return ["tokenizer.json: no tokenizer model in it (field 'model')"]
+    return []
+
+
 def _check(
     meta: ModelMeta,
     *,
@@ -239,6 +309,7 @@ def _check(
 ) -> tuple[list[Reason], int | None]:
     limit = max_input_tokens(meta, engine)
     reasons = [
+        *file_reasons(meta),
         *_live_reasons(engine, live),
         *_architecture_reasons(meta, engine, version, trusted, live),
         *_length_reasons(limit, chunk_size, engine),

@@ -46,6 +46,7 @@ __all__ = [
     "servers",
     "summary_line",
     "sweeps",
+    "valid_runs",
     "with_sweep",
 ]
 
@@ -273,6 +274,21 @@ NO_PRICES_NOTE = (
 def _sci(value: object) -> str:
     number = finite_number(value)
     return _DASH if number is None else f"{number:.1e}"
+
+
+def valid_runs(rows: Sequence[ReportRow]) -> int:
+    """Runs with at least one valid measurement: status ok, a level that passed its own checks,
+    and served vectors that are the model's (or were not checked)."""
+    return len(
+        {
+            _cell_key(row)
+            for row in rows
+            if row.get("status") == "ok"
+            and row.get("valid") is True
+            and not row.get("fidelity_failed")
+            and not row.get("partial")
+        }
+    )
 
 
 def fidelity_runs(rows: Sequence[ReportRow]) -> list[ReportRow]:

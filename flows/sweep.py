@@ -475,7 +475,11 @@ def _emit_regressions(
         )
 
 
-def _publish(spec: SweepSpec, db: Path, sweep_run_id: str, threshold: float) -> tuple[int, Path]:
+def _publish(
+    spec: SweepSpec, db: Path, sweep_run_id: str, threshold: float
+) -> tuple[int, Path, int]:
+    """Report artifacts of the sweep run; (regressions, HTML path, runs with a valid
+    measurement)."""
     rows = _report_rows(db, sweep_run_id)
     regressions = _regressions(db, sweep_run_id, threshold)
     html_path = (spec.artifacts / sweep_run_id / "report.html").resolve()
@@ -525,7 +529,7 @@ def _publish(spec: SweepSpec, db: Path, sweep_run_id: str, threshold: float) -> 
         description="Self-contained HTML report with charts, on the sweep host's disk",
     )
     _emit_regressions(spec, sweep_run_id, regressions)
-    return len(regressions), html_path
+    return len(regressions), html_path, report.valid_runs(rows)
 
 
 # --- cancellation and crashes -----------------------------------------------------------------
@@ -658,12 +662,14 @@ def sweep(
         if remote:
             _distributed(spec, remote, sweep_run_id, db, tracker, counts)
     _record_sweep(db, spec, sweep_run_id, started, datetime.now(UTC))
-    regressions, html = _publish(spec, db, sweep_run_id, regression_threshold)
+    regressions, html, valid = _publish(spec, db, sweep_run_id, regression_threshold)
     summary = {
         "sweep_run_id": sweep_run_id,
         "warehouse": str(db),
         "cells": len(cells),
         **counts,
+        # Runs with a valid measurement (ok, checks passed, the model's own vectors).
+        "valid": valid,
         "regressions": regressions,
         "report": str(html),
     }

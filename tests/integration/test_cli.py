@@ -217,3 +217,58 @@ def test_ingest_loads_run_directories_once(tmp_path: Path) -> None:
     missing = _cli("ingest", str(tmp_path / "nope"), "--warehouse", str(db))
     assert missing.returncode == 2
     assert missing.stderr.strip() == f"error: {tmp_path / 'nope'}: no such file or folder"
+
+
+def test_run_exits_1_when_no_cell_produced_a_valid_measurement(tmp_path: Path) -> None:
+    # The one runnable cell cannot start in time: recorded failed, and the exit code says so.
+    spec = {**_sweep(tmp_path), "startup_timeout_s": 0.2}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    run = _cli("run", str(path), "--no-progress", "--json", cwd=tmp_path, timeout=600)
+    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
+    summary = json.loads(run.stdout[run.stdout.index("{") :])
+    assert (summary["failed"], summary["valid"]) == (1, 0)
+    assert "no cell produced a valid measurement" in run.stderr
+    report = json.loads(
+        _cli("report", "--warehouse", str(tmp_path / "w.duckdb"), "--format", "json").stdout
+    )
+    assert {(r["status"], r["reason"]) for r in report} == {
+        ("failed", "startup_timeout"),
+        ("blocked", "exceeds_context"),
+    }
+
+
+def test_broken_model_files_are_blocked_before_any_server(tmp_path: Path, minilm_dir: Path) -> None:
+    import shutil
+
+    broken = {}
+    for name, damage in {
+        "bad-value": lambda d: (d / "config.json").write_text(
+            (d / "config.json")
+            .read_text()
+            .replace('"max_position_embeddings": 512', '"max_position_embeddings": "abc"')
+        ),
+        "bad-tokenizer": lambda d: (d / "tokenizer.json").write_text('{"version": "1.0", "tr'),
+    }.items():
+        folder = tmp_path / name
+        shutil.copytree(minilm_dir, folder)
+        damage(folder)
+        broken[name] = folder
+    assert '"abc"' in (broken["bad-value"] / "config.json").read_text()
+    spec = {
+        **_sweep(tmp_path),
+        "models": [{"source": str(f), "name": n} for n, f in broken.items()],
+    }
+    spec["load"]["chunk_sizes"] = [10]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    run = _cli("run", str(path), "--no-progress", "--json", cwd=tmp_path, timeout=600)
+    assert run.returncode == 1
+    report = json.loads(
+        _cli("report", "--warehouse", str(tmp_path / "w.duckdb"), "--format", "json").stdout
+    )
+    by_model = {r["model"]: r for r in report}
+    assert {r["reason"] for r in report} == {"invalid_model_files"}
+    assert all(r["status"] == "blocked" for r in report)
+    assert "max_position_embeddings" in by_model["bad-value"]["message"]
+    assert "tokenizer.json" in by_model["bad-tokenizer"]["message"]

@@ -147,3 +147,56 @@ def test_qwen3_runs_on_both_engines_and_not_on_16_gb(fixture_models: Path, engin
     assert ok.verdict == "ok", ok.reasons
     small = run_preflight(meta, model="q", engine=engine, chunk_size=8192, pool=PoolLimits(16))
     assert [r.code for r in small.blocking] == ["insufficient_gpu_memory"]
+
+
+def _broken_copy(minilm_dir: Path, tmp_path: Path, **config: object) -> Path:
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(minilm_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    data.update(config)
+    path.write_text(json.dumps(data))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_position_embeddings", "abc"),
+        ("hidden_size", 0),
+        ("num_attention_heads", True),
+        ("vocab_size", 30522.5),
+        ("torch_dtype", "float8_nonsense"),
+        ("architectures", "BertModel"),
+    ],
+)
+def test_a_broken_config_value_is_blocked_naming_file_and_field(
+    minilm_dir: Path, tmp_path: Path, field: str, value: object
+) -> None:
+    folder = _broken_copy(minilm_dir, tmp_path, **{field: value})
+    result = run_preflight(read_model_dir(folder), model="m", engine="hf", chunk_size=32)
+    assert result.verdict == "blocked"
+    [reason] = [r for r in result.reasons if r.code == "invalid_model_files"]
+    assert reason.severity == "block"
+    assert reason.message.startswith(f"config.json: {field} = {value!r}")
+
+
+def test_a_corrupt_tokenizer_is_invalid_model_files(minilm_dir: Path, tmp_path: Path) -> None:
+    folder = _broken_copy(minilm_dir, tmp_path)
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "trunc')
+    result = run_preflight(read_model_dir(folder), model="m", engine="vllm", chunk_size=32)
+    assert result.verdict == "blocked"
+    assert [r.code for r in result.blocking] == ["invalid_model_files"]
+    assert "tokenizer.json is not readable JSON" in result.blocking[0].message
+    (folder / "tokenizer.json").write_text('{"version": "1.0"}')
+    again = run_preflight(read_model_dir(folder), model="m", engine="hf", chunk_size=32)
+    assert "field 'model'" in again.blocking[0].message
+
+
+def test_the_packaged_model_has_no_file_findings(minilm_dir: Path) -> None:
+    result = run_preflight(read_model_dir(minilm_dir), model="m", engine="hf", chunk_size=32)
+    assert result.verdict == "ok"
+    assert result.reasons == []
