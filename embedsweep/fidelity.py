@@ -125,7 +125,6 @@ class Reference:
         import sentence_transformers
         import torch
         from sentence_transformers import SentenceTransformer
-        from sentence_transformers.models import Normalize
         from transformers.utils import logging as hf_logging
 
         # No "Loading weights" bar in a sweep's or the CLI's output.
@@ -138,7 +137,8 @@ class Reference:
             local_files_only=True,
         )
         self.model.eval()
-        self.normalized = any(isinstance(module, Normalize) for module in self.model)
+        # By name: the class moved between sentence-transformers releases.
+        self.normalized = any(type(module).__name__ == "Normalize" for module in self.model)
         self.name = f"sentence-transformers {sentence_transformers.__version__} float32 cpu"
         self.count: Callable[[str], int] = lambda text: len(
             self.model.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"]

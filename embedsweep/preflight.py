@@ -10,6 +10,9 @@ Length rules mirror each engine (research/ENGINES.md):
   ``>= context length`` tokens is rejected, so the longest accepted input is one less.
 * hf (built-in server, the project's own rule): the vLLM rule, so a cell's limit does not change
   when it falls back from vLLM to hf; an input of exactly the limit is accepted.
+* infinity: sentence-transformers' ``max_seq_length`` (the vLLM rule gives the same); a longer
+  input is **not rejected but truncated** (HTTP 200): the engines in :data:`TRUNCATING_ENGINES`
+  get their over-length cells blocked with a message that says so.
 
 Memory: weights converted to the served dtype, times 1.2 for activations and the engine's
 buffers, plus 1.5 GB for the CUDA context, must fit in ``gpu_memory_gb × gpu_memory_utilization ×
@@ -25,6 +28,7 @@ from embedsweep.records import PreflightResult, Reason
 from embedsweep.registry import LiveArchitectures, snapshot_for, support
 
 __all__ = [
+    "TRUNCATING_ENGINES",
     "PoolLimits",
     "file_reasons",
     "max_input_tokens",
@@ -49,6 +53,9 @@ _SGLANG_LENGTH_KEYS = (
     "model_max_length",
     "max_position_embeddings",
 )
+# Engines that answer an over-length input 200 with a truncated embedding instead of an error
+# (measured: Infinity 0.0.78). A measurement there would be of the truncated input.
+TRUNCATING_ENGINES = frozenset({"infinity"})
 # tokenizer_config.json uses a huge sentinel (int(1e30)) for "no limit".
 _TOKENIZER_NO_LIMIT = 1_000_000_000
 NON_COMMERCIAL = ("-nc", "non-commercial", "noncommercial")
@@ -174,16 +181,18 @@ def _length_reasons(limit: int | None, chunk_size: int, engine: str) -> list[Rea
             )
         ]
     if chunk_size > limit:
-        return [
-            Reason(
-                code="exceeds_context",
-                severity="block",
-                message=(
-                    f"chunk size {chunk_size} exceeds the longest input {engine} accepts for this "
-                    f"model ({limit} tokens)"
-                ),
+        if engine in TRUNCATING_ENGINES:
+            message = (
+                f"chunk size {chunk_size} exceeds the longest input {engine} embeds whole for "
+                f"this model ({limit} tokens): {engine} truncates longer inputs silently (HTTP "
+                "200), so a measurement would be of a truncated input"
             )
-        ]
+        else:
+            message = (
+                f"chunk size {chunk_size} exceeds the longest input {engine} accepts for this "
+                f"model ({limit} tokens)"
+            )
+        return [Reason(code="exceeds_context", severity="block", message=message)]
     return []
 
 

@@ -245,6 +245,17 @@ class RunManifest(_Frozen):
         description="The engine server this run was measured on: every chunk size of a (model, "
         "engine, pool) shares one. The run that started it holds time_to_healthy_s.",
     )
+    usage_counting: str | None = Field(
+        default=None,
+        description="How the engine's usage.prompt_tokens counts: tokens (with special tokens, "
+        "as the model's tokenizer does), tokens_without_special (Infinity), characters. The "
+        "levels' validity compares every request with embedsweep's own count in that rule.",
+    )
+    usage_trusted: bool | None = Field(
+        default=None,
+        description="Whether the engine's usage can reveal a truncated input (False: an "
+        "over-length input is answered 200 with the count capped).",
+    )
     fidelity: FidelityResult | None = Field(
         default=None,
         description="The fidelity probe after the levels (None: not measured, or turned off). "

@@ -128,7 +128,10 @@ def support(
     ``live`` is what the installed engine itself reports; where it says, it wins over the
     snapshot (whether a causal LM converts still comes from the snapshot's rules).
     """
-    if engine == "hf":
+    if engine in ("hf", "infinity"):
+        # Both load the model with sentence-transformers over transformers' Auto classes (Infinity
+        # 0.0.78's torch engine does): whatever transformers maps is served, a model's own code
+        # when trusted. (Infinity's environment has its own transformers; this one's answers.)
         if architecture in _transformers_architectures():
             return Support("native", None)
         return Support("custom_code" if has_auto_map else "unsupported", None)

@@ -258,8 +258,12 @@ def _manifest(
 
 
 def _calibrated_payloads(
-    meta: ModelMeta, plan: CellPlan, served_name: str
+    meta: ModelMeta, plan: CellPlan, served_name: str, usage_counting: str = "tokens"
 ) -> tuple[list[bytes], int]:
+    """The level's request bodies, and the ``usage.prompt_tokens`` each must report in the
+    engine's counting rule. Every text is exactly the chunk size by embedsweep's own count (the
+    calibrator verifies it); an engine that counts without the special tokens (Infinity) must
+    report that many fewer per input."""
     from embedsweep.calibrate import Calibrator, load_tokenizer
     from embedsweep.loadgen import build_payloads
 
@@ -269,7 +273,10 @@ def _calibrated_payloads(
     calibrator = Calibrator(load_tokenizer(meta.path))
     texts = calibrator.texts(plan.cell.chunk_size, count, load.seed)
     payloads = build_payloads(served_name, texts, load.batch_size)
-    return payloads, plan.cell.chunk_size * load.batch_size
+    per_input = plan.cell.chunk_size
+    if usage_counting == "tokens_without_special":
+        per_input -= calibrator.special_tokens
+    return payloads, per_input * load.batch_size
 
 
 @dataclass
@@ -283,12 +290,16 @@ class _Measured:
     gpu_memory_released: bool | None = None
     server_id: str | None = None
     fidelity: FidelityResult | None = None
+    usage_counting: str | None = None
+    usage_trusted: bool | None = None
 
     def fields(self) -> dict[str, object]:
         return {
             # A failed run keeps the levels it measured (the last one marked partial).
             "levels": self.levels,
             "fidelity": self.fidelity,
+            "usage_counting": self.usage_counting,
+            "usage_trusted": self.usage_trusted,
             "devices": list(self.devices),
             "port_released": self.port_released,
             "gpu_memory_released": self.gpu_memory_released,
@@ -483,7 +494,12 @@ def _run_levels(
     plan = item.plan
     cell, load = plan.cell, plan.load
     assert item.meta is not None
-    payloads, expected = _calibrated_payloads(item.meta, plan, cell.model.display_name)
+    from embedsweep.engines import usage_counting
+
+    out.usage_counting, out.usage_trusted = usage_counting(item.checks[-1].engine)
+    payloads, expected = _calibrated_payloads(
+        item.meta, plan, cell.model.display_name, out.usage_counting
+    )
     tables: list[pa.Table] = []
 
     def keep(records: LevelRecords, concurrency: int, **update: object) -> None:
@@ -494,6 +510,18 @@ def _run_levels(
             cost_per_gpu_hour=cell.pool.cost_per_gpu_hour,
             gpu_count=cell.pool.tensor_parallel_size,
         )
+        if out.usage_counting != "tokens":
+            # The engine's own count leaves tokens out (Infinity: the special tokens): tokens/s
+            # is what embedsweep sent, so it compares with the other engines.
+            tokens_per_s = summary.inputs_per_s * cell.chunk_size
+            price = cell.pool.cost_per_gpu_hour * cell.pool.tensor_parallel_size
+            update = {
+                "input_tokens_per_s": tokens_per_s,
+                "cost_per_million_tokens": price / 3600 / tokens_per_s * 1e6
+                if price > 0 and tokens_per_s > 0
+                else None,
+                **update,
+            }
         gpu_summary = telemetry.summary(concurrency)
         out.levels.append(summary.model_copy(update={**gpu_summary, **update}))
         tables.append(records.to_arrow(item.run_id))

@@ -340,8 +340,8 @@ def _run_row(manifest: RunManifest, path: Path) -> list[object]:
         m.gpu_memory_released,
         m.server_id,
         m.fidelity.verdict if m.fidelity else None,
-        getattr(m, "usage_counting", None),
-        getattr(m, "usage_trusted", None),
+        m.usage_counting,
+        m.usage_trusted,
     ]
 
 

@@ -1,4 +1,4 @@
-"""Engine adapters (vllm, sglang, the built-in hf) and server process supervision.
+"""Engine adapters (vllm, sglang, infinity, the built-in hf) and server process supervision.
 
 An adapter only builds a command line and an environment for a :class:`Launch`; starting,
 health-waiting and stopping are the same for every engine (``process``). Adapters are looked up in
@@ -13,17 +13,30 @@ from pathlib import Path
 
 from embedsweep.engines.base import EngineAdapter, Launch
 from embedsweep.engines.hf import HFAdapter
+from embedsweep.engines.infinity import InfinityAdapter
 from embedsweep.engines.process import ServerProcess
 from embedsweep.engines.sglang import SGLangAdapter
 from embedsweep.engines.vllm import VLLMAdapter
 
-__all__ = ["ADAPTERS", "EngineAdapter", "Launch", "adapter_for", "server_for"]
+__all__ = ["ADAPTERS", "EngineAdapter", "Launch", "adapter_for", "server_for", "usage_counting"]
 
 ADAPTERS: dict[str, EngineAdapter] = {
     "hf": HFAdapter(),
     "vllm": VLLMAdapter(),
     "sglang": SGLangAdapter(),
+    "infinity": InfinityAdapter(),
 }
+
+
+def usage_counting(engine: str) -> tuple[str, bool]:
+    """How ENGINE's ``usage.prompt_tokens`` counts (``tokens``: with special tokens, as the
+    model's tokenizer does; ``tokens_without_special``; ``characters``), and whether it can
+    reveal a truncated input."""
+    adapter = ADAPTERS.get(engine)
+    return (
+        str(getattr(adapter, "usage_counting", "tokens")),
+        bool(getattr(adapter, "usage_trusted", True)),
+    )
 
 
 def adapter_for(engine: str) -> EngineAdapter:

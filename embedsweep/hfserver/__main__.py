@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import uvicorn
 
-    from embedsweep.hfserver.app import build_app
+    from embedsweep.hfserver.app import Served, build_app
     from embedsweep.hfserver.batcher import Batcher
     from embedsweep.hfserver.embedder import Embedder
     from embedsweep.hub import read_model_dir
@@ -77,7 +77,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     batcher.start()
     name = args.served_model_name or model_dir.name
-    app = build_app(batcher, served_name=name, api_key=os.environ.get("EMBEDSWEEP_API_KEY"))
+    config_dims = meta.config.get("matryoshka_dimensions")
+    # Renamed in sentence-transformers 6 (the old name warns).
+    dimension_of = (
+        getattr(embedder.model, "get_embedding_dimension", None)
+        or embedder.model.get_sentence_embedding_dimension
+    )
+    served = Served(
+        dimension=dimension_of(),
+        vocab_size=len(embedder.tokenizer),
+        matryoshka=bool(config_dims) or bool(meta.config.get("is_matryoshka")),
+        matryoshka_dimensions=tuple(int(d) for d in config_dims)
+        if isinstance(config_dims, list)
+        else None,
+        normalized=any(type(m).__name__ == "Normalize" for m in embedder.model),
+    )
+    app = build_app(
+        batcher, served_name=name, api_key=os.environ.get("EMBEDSWEEP_API_KEY"), served=served
+    )
     log.info(
         "model loaded in %.1f s; serving %s on http://%s:%d",
         time.monotonic() - started,

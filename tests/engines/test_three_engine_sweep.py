@@ -1,8 +1,9 @@
-"""A CPU sweep with two real engines, as a user runs it (``embedsweep run``): all-MiniLM-L6-v2 on
-the built-in ``hf`` server and on vLLM 0.32.0 (CPU build), three chunk sizes each (one blocked).
+"""A CPU sweep with three real engines, as a user runs it (``embedsweep run``): all-MiniLM-L6-v2
+on the built-in ``hf`` server, on vLLM 0.32.0 (CPU build) and on Infinity 0.0.78, three chunk
+sizes each (one blocked). Every run passes the fidelity probe, its figures stored.
 
 One server per engine serves every chunk size (counted two ways: the warehouse's server ids and
-the distinct server starts in the logs); both engines land side by side in the report, its HTML
+the distinct server starts in the logs); all three land side by side in the report, its HTML
 and ``v_compare``; and every vLLM figure comes from levels where vLLM's own
 ``usage.prompt_tokens`` equalled the target on every request.
 """
@@ -38,8 +39,10 @@ def _sql(db: Path, query: str, env: dict[str, str]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory, vllm_cpu: Any) -> tuple[Path, dict[str, str]]:
-    tmp = tmp_path_factory.mktemp("two-engines")
+def swept(
+    tmp_path_factory: pytest.TempPathFactory, vllm_cpu: Any, infinity_cpu: Any
+) -> tuple[Path, dict[str, str]]:
+    tmp = tmp_path_factory.mktemp("three-engines")
     spec = yaml.safe_load((Path(__file__).parents[2] / "sweeps" / "local-engines.yaml").read_text())
     spec["load"].update(
         {"chunk_sizes": [32, 128, 512], "concurrency": [1, 4], "requests_per_level": 60}
@@ -68,20 +71,22 @@ def test_one_server_per_engine_for_all_chunk_sizes(swept: tuple[Path, dict[str, 
     )
     assert rows == [
         {"engine": "hf", "servers": 1, "starts": 1, "ran": [32, 128]},
+        {"engine": "infinity", "servers": 1, "starts": 1, "ran": [32, 128]},
         {"engine": "vllm", "servers": 1, "starts": 1, "ran": [32, 128]},
     ]
     # Independently of the warehouse: every server start writes one header line with its own
-    # command line (its port differs); the run directories hold copies of two logs only.
+    # command line (its port differs); the run directories hold copies of three logs only.
     headers = {
         next(line for line in log.read_text().splitlines() if line.startswith("# embedsweep: "))
         for log in (tmp / "runs").rglob("server.log")
     }
-    assert len(headers) == 2
+    assert len(headers) == 3
     assert sum("vllm.entrypoints.openai.api_server" in h for h in headers) == 1
+    assert sum("infinity_emb v2" in h for h in headers) == 1
     blocked = _sql(
         tmp / "w.duckdb", "SELECT engine, reason FROM runs WHERE status = 'blocked'", env
     )
-    assert sorted(r["engine"] for r in blocked) == ["hf", "vllm"]
+    assert sorted(r["engine"] for r in blocked) == ["hf", "infinity", "vllm"]
     assert {r["reason"] for r in blocked} == {"exceeds_context"}
 
 
@@ -109,14 +114,14 @@ def test_every_vllm_figure_has_exact_token_counts(swept: tuple[Path, dict[str, s
         assert row["server_startup_s"] > 0
 
 
-def test_the_two_engines_side_by_side(swept: tuple[Path, dict[str, str]]) -> None:
+def test_the_three_engines_side_by_side(swept: tuple[Path, dict[str, str]]) -> None:
     tmp, env = swept
     compare = _sql(
         tmp / "w.duckdb",
         "SELECT DISTINCT engine FROM v_compare WHERE status = 'ok' ORDER BY engine",
         env,
     )
-    assert [r["engine"] for r in compare] == ["hf", "vllm"]
+    assert [r["engine"] for r in compare] == ["hf", "infinity", "vllm"]
     done = _cli("report", "--warehouse", str(tmp / "w.duckdb"), env={**env, "COLUMNS": "160"})
     assert done.returncode == 0, done.stderr
     assert "Servers" in done.stdout
@@ -133,3 +138,45 @@ def test_the_two_engines_side_by_side(swept: tuple[Path, dict[str, str]]) -> Non
     charts = text.split('id="throughput"')[1].split('id="cost"')[0]
     assert ">all-MiniLM-L6-v2 · hf · cpu</text>" in charts
     assert ">all-MiniLM-L6-v2 · vllm · cpu</text>" in charts
+    assert ">all-MiniLM-L6-v2 · infinity · cpu</text>" in charts
+
+
+def test_every_engine_serves_the_models_vectors(swept: tuple[Path, dict[str, str]]) -> None:
+    tmp, env = swept
+    rows = _sql(
+        tmp / "w.duckdb",
+        "SELECT engine, chunk_size, verdict, min_cosine, invariance_min_cosine, dimension, "
+        "normalized, overlength, texts, reference FROM v_fidelity ORDER BY engine, chunk_size",
+        env,
+    )
+    assert [(r["engine"], r["chunk_size"]) for r in rows] == [
+        (e, c) for e in ("hf", "infinity", "vllm") for c in (32, 128)
+    ]
+    for row in rows:
+        assert row["verdict"] == "passed", row
+        assert row["min_cosine"] >= 0.9999
+        assert row["invariance_min_cosine"] >= 0.9999
+        assert (row["dimension"], row["normalized"]) == (384, True)
+        assert row["texts"] >= 12
+        assert row["reference"].startswith("sentence-transformers")
+    # What each engine does with an input past its limit: two refuse it, Infinity truncates.
+    over = {r["engine"]: r["overlength"] for r in rows}
+    assert over == {"hf": "rejected", "infinity": "truncated", "vllm": "rejected"}
+
+
+def test_an_infinity_level_is_labelled_with_its_counting_rule(
+    swept: tuple[Path, dict[str, str]],
+) -> None:
+    tmp, env = swept
+    done = _cli("report", "--warehouse", str(tmp / "w.duckdb"), "--format", "json", env=env)
+    rows = [r for r in json.loads(done.stdout) if r["status"] == "ok"]
+    rules = {(r["engine"], r["usage_counting"], r["usage_trusted"]) for r in rows}
+    assert rules == {
+        ("hf", "tokens", True),
+        ("vllm", "tokens", True),
+        ("infinity", "tokens_without_special", False),
+    }
+    assert all(r["valid"] for r in rows)
+    markdown = _cli("report", "--warehouse", str(tmp / "w.duckdb"), "--format", "markdown",
+                    env=env).stdout  # fmt: skip
+    assert "tokens_without_special" in markdown
