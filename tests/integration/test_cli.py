@@ -272,3 +272,65 @@ def test_broken_model_files_are_blocked_before_any_server(tmp_path: Path, minilm
     assert all(r["status"] == "blocked" for r in report)
     assert "max_position_embeddings" in by_model["bad-value"]["message"]
     assert "tokenizer.json" in by_model["bad-tokenizer"]["message"]
+
+
+def _nothing_written(tmp_path: Path) -> None:
+    assert not (tmp_path / "w.duckdb").exists()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_50_mb_sweep_file_fails_in_one_line_within_seconds(tmp_path: Path) -> None:
+    import time
+
+    spec = _sweep(tmp_path)
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump(spec) + "description: " + "x" * (50 * 2**20) + "\n")
+    for command in ("validate", "run"):
+        started = time.monotonic()
+        done = _cli(command, str(path), cwd=tmp_path, timeout=60)
+        assert time.monotonic() - started < 10  # the target is 2 s on a quiet host
+        assert done.returncode == 2
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert "too large for a sweep file" in done.stderr
+    _nothing_written(tmp_path)
+
+
+def test_a_long_description_and_a_sweep_prefect_cannot_carry_fail_before_anything(
+    tmp_path: Path,
+) -> None:
+    long = tmp_path / "long.yaml"
+    long.write_text(yaml.safe_dump({**_sweep(tmp_path), "description": "x" * 20_000}))
+    done = _cli("run", str(long), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "description" in done.stderr
+    many = tmp_path / "many.yaml"
+    models = [{"source": f"org/model-{i}", "name": f"m{i}"} for i in range(20_000)]
+    many.write_text(yaml.safe_dump({**_sweep(tmp_path), "models": models}))
+    assert _cli("validate", str(many), cwd=tmp_path).returncode == 0  # a valid sweep...
+    done = _cli("run", str(many), cwd=tmp_path)
+    assert done.returncode == 2  # ...too big to hand to Prefect: said before anything is written
+    assert done.stderr.count("\n") == 1
+    assert "Prefect takes as a flow run's parameters" in done.stderr
+    _nothing_written(tmp_path)
+
+
+def test_eighty_thousand_models_validate_in_linear_time(tmp_path: Path) -> None:
+    import time
+
+    models = [{"source": f"org/model-{i}", "name": f"m{i}"} for i in range(80_000)]
+    path = tmp_path / "wide.yaml"
+    path.write_text(yaml.safe_dump({**_sweep(tmp_path), "models": models}))
+    started = time.monotonic()
+    done = _cli("validate", str(path), cwd=tmp_path, timeout=120)
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert "160000 cells" in done.stdout
+    # Behaviour, not a benchmark: quadratic took minutes (benchmarks/bench_validate.py prints it).
+    assert took < 60
+    dup = tmp_path / "dup.yaml"
+    models[79_999]["name"] = "m7"
+    dup.write_text(yaml.safe_dump({**_sweep(tmp_path), "models": models}))
+    done = _cli("validate", str(dup), cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert "duplicate model name(s): m7" in done.stderr
