@@ -68,6 +68,52 @@ def _terminate_like_ctrl_c(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+# Set in the process that does a sweep's work (see _run_in_own_session): the parent's pid.
+RUN_WORKER_ENV = "EMBEDSWEEP_RUN_WORKER"
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a forked child before exec: SIGTERM when PARENT dies (Linux), even by SIGKILL."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _run_in_own_session() -> NoReturn:
+    """Run this ``embedsweep run`` in a child process in a session of its own, and only
+    forward signals to it.
+
+    A terminal's Ctrl-C goes to the whole foreground process group: Prefect's temporary server
+    (started by the flow, in the sweep's group) died with it, and the interrupted sweep then
+    spent minutes printing tracebacks about an API that was gone. In its own session the sweep
+    gets exactly one SIGINT, from here, and stops like a single SIGINT stops it (the cell
+    recorded cancelled, servers stopped, Prefect's server stopped last). A SIGKILL of this
+    process reaches the child as SIGTERM (PR_SET_PDEATHSIG), which it handles the same way."""
+    import subprocess
+
+    parent = os.getpid()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "embedsweep.cli", *sys.argv[1:]],
+        env={**os.environ, RUN_WORKER_ENV: str(parent)},
+        start_new_session=True,
+        # No threads run yet in this process: preexec_fn is safe here.
+        preexec_fn=lambda: _die_with_parent(parent),
+    )
+
+    def forward(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    code = child.wait()
+    raise typer.Exit(code if code >= 0 else 128 - code)
+
+
 def _echo_json(data: Any) -> None:
     # SQL results carry timestamps and decimals: print them as text rather than fail.
     typer.echo(json.dumps(data, indent=2, default=str))
@@ -524,6 +570,8 @@ def run(
     start). Exit 0 when at least one cell produced a valid measurement; 1 when none did (every
     cell blocked, failed, cut short, invalid, or fidelity_failed: all still recorded); 2 bad
     input; 130 interrupted."""
+    if not os.environ.get(RUN_WORKER_ENV) and sys.argv[1:2] == ["run"]:
+        _run_in_own_session()
     from embedsweep.config import load_sweep
     from embedsweep.matrix import preflight_sweep
 

@@ -48,9 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import uvicorn
 
-    from embedsweep.hfserver.app import Served, build_app
+    from embedsweep.hfserver.app import build_app
     from embedsweep.hfserver.batcher import Batcher
     from embedsweep.hfserver.embedder import Embedder
+    from embedsweep.hfserver.request import Served, matryoshka_of
     from embedsweep.hub import read_model_dir
     from embedsweep.preflight import max_input_tokens
 
@@ -69,6 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     embedder = Embedder(
         args.model, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
     )
+    name = args.served_model_name or model_dir.name
+    matryoshka, matryoshka_dimensions = matryoshka_of(meta.config)
+    served = Served(
+        dimension=embedder.dimension(),
+        vocab_size=embedder.vocab_size,
+        matryoshka=matryoshka,
+        matryoshka_dimensions=matryoshka_dimensions,
+        normalized=any(type(m).__name__ == "Normalize" for m in embedder.model),
+    )
+    # Started after the model was asked about itself: from now on only the worker uses it.
     batcher = Batcher(
         embedder,
         max_input_tokens=limit,
@@ -76,22 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         max_batch_tokens=args.max_batch_tokens,
     )
     batcher.start()
-    name = args.served_model_name or model_dir.name
-    config_dims = meta.config.get("matryoshka_dimensions")
-    # Renamed in sentence-transformers 6 (the old name warns).
-    dimension_of = (
-        getattr(embedder.model, "get_embedding_dimension", None)
-        or embedder.model.get_sentence_embedding_dimension
-    )
-    served = Served(
-        dimension=dimension_of(),
-        vocab_size=len(embedder.tokenizer),
-        matryoshka=bool(config_dims) or bool(meta.config.get("is_matryoshka")),
-        matryoshka_dimensions=tuple(int(d) for d in config_dims)
-        if isinstance(config_dims, list)
-        else None,
-        normalized=any(type(m).__name__ == "Normalize" for m in embedder.model),
-    )
     app = build_app(
         batcher, served_name=name, api_key=os.environ.get("EMBEDSWEEP_API_KEY"), served=served
     )

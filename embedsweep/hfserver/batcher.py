@@ -1,8 +1,9 @@
 """Dynamic batching: requests arriving while the model is busy are embedded together.
 
 The asyncio side only enqueues and awaits; one worker thread drains everything queued (up to a
-limit), tokenizes it in one call, rejects the requests with an over-long input, and runs the model
-over the rest in padded sub-batches bounded by ``max_batch_tokens``.
+limit), tokenizes its texts in one call (token-id inputs are taken as given), rejects the requests
+with an over-long input, and runs the model over the rest in padded sub-batches bounded by
+``max_batch_tokens``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -45,12 +46,16 @@ class EmbedResult:
 @dataclass
 class _Job:
     # Texts, or token ids already tokenized by the client (used as given: no special tokens
-    # added, no truncation), one list per input.
-    texts: list[str] | list[list[int]]
+    # added, no truncation), one list per input; the other of the two is empty.
+    texts: list[str]
+    rows: list[list[int]]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[EmbedResult]
     lengths: list[int] = field(default_factory=list)
-    ids: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(self.texts) or len(self.rows)
 
 
 def _settle(job: _Job, result: EmbedResult | None, error: BaseException | None) -> None:
@@ -92,15 +97,17 @@ class Batcher:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
-    async def embed(self, texts: list[str] | list[list[int]], *, ids: bool = False) -> EmbedResult:
-        """Embed TEXTS (or, with IDS, lists of token ids) in the next batch."""
+    async def embed(self, inputs: list[str] | list[list[int]], *, ids: bool = False) -> EmbedResult:
+        """Embed INPUTS, texts or (with IDS) lists of token ids, in the next batch."""
         loop = asyncio.get_running_loop()
-        job = _Job(texts=texts, loop=loop, future=loop.create_future(), ids=ids)
+        texts = [] if ids else cast(list[str], inputs)
+        rows = cast(list[list[int]], inputs) if ids else []
+        job = _Job(texts=texts, rows=rows, loop=loop, future=loop.create_future())
         self._queue.put(job)
         return await job.future
 
     def _drain(self, first: _Job) -> list[_Job]:
-        jobs, count = [first], len(first.texts)
+        jobs, count = [first], first.count
         while count < self._max_inputs:
             try:
                 job = self._queue.get_nowait()
@@ -110,7 +117,7 @@ class Batcher:
                 self._queue.put(None)  # keep the stop signal for the outer loop
                 break
             jobs.append(job)
-            count += len(job.texts)
+            count += job.count
         return jobs
 
     def _work(self) -> None:
@@ -132,8 +139,8 @@ class Batcher:
         rows: list[int] = []
         pos = 0
         for job in jobs:
-            span = range(pos, pos + len(job.texts))
-            pos += len(job.texts)
+            span = range(pos, pos + job.count)
+            pos += job.count
             job.lengths = [len(ids[i]) for i in span]
             longest = max(job.lengths, default=0)
             if longest > self.max_input_tokens:
@@ -148,32 +155,33 @@ class Batcher:
         self.inputs += len(rows)
         start = 0
         for job in accepted:
-            n = len(job.texts)
+            n = job.count
             _settle(job, EmbedResult(vectors[start : start + n], sum(job.lengths)), None)
             start += n
 
     def _encode(self, jobs: list[_Job]) -> Encoded:
         """Every input of JOBS in order: texts tokenized in one call, token ids as given."""
-        texts = [str(t) for job in jobs if not job.ids for t in job.texts]
+        texts = [t for job in jobs for t in job.texts]
         tokenized = self._model.tokenize(texts) if texts else {}
-        if not any(job.ids for job in jobs):
+        if not any(job.rows for job in jobs):
             return tokenized
-        keys = list(tokenized) or ["input_ids", "attention_mask"]
-        if "attention_mask" not in keys:
-            keys.append("attention_mask")
-        out: Encoded = {key: [] for key in keys}
+        # Token ids get an attention mask of ones and zeros for any other feature the tokenizer
+        # gives texts (token_type_ids: one segment).
+        others = [key for key in tokenized if key not in ("input_ids", "attention_mask")]
+        out: Encoded = {key: [] for key in ("input_ids", "attention_mask", *others)}
         at = 0
         for job in jobs:
-            for item in job.texts:
-                if job.ids:
-                    row = [int(i) for i in item]
-                    for key in keys:
-                        fill = {"input_ids": row, "attention_mask": [1] * len(row)}
-                        out[key].append(fill.get(key, [0] * len(row)))
-                else:
-                    for key in keys:
-                        out[key].append(tokenized[key][at])
-                    at += 1
+            if job.rows:
+                for row in job.rows:
+                    out["input_ids"].append(row)
+                    out["attention_mask"].append([1] * len(row))
+                    for key in others:
+                        out[key].append([0] * len(row))
+            else:
+                end = at + len(job.texts)
+                for key, values in out.items():
+                    values.extend(tokenized[key][at:end])
+                at = end
         return out
 
     def _embed_rows(self, encoded: Encoded, rows: list[int]) -> npt.NDArray[np.float32]:

@@ -50,6 +50,40 @@ class Embedder:
         self.model.eval()
         self.tokenizer = self.model.tokenizer
 
+    @property
+    def vocab_size(self) -> int:
+        """How many token ids the model can embed: the rows of its input embedding matrix.
+
+        vLLM accepts ids below the larger of the tokenizer's and the config's vocabulary; for a
+        model whose matrix is smaller than its tokenizer that would index past the matrix, and
+        here one such id would fail every request batched with it.
+        """
+        for module in self.model:
+            auto_model = getattr(module, "auto_model", None)
+            if auto_model is None:
+                continue
+            try:
+                rows = auto_model.get_input_embeddings().num_embeddings
+            except (AttributeError, NotImplementedError):  # custom code without the accessor
+                rows = None
+            if isinstance(rows, int):
+                return rows
+            config_size = getattr(getattr(auto_model, "config", None), "vocab_size", None)
+            return max(len(self.tokenizer), config_size if isinstance(config_size, int) else 0)
+        return len(self.tokenizer)
+
+    def dimension(self) -> int:
+        """The length of the vectors this model serves."""
+        # Renamed in sentence-transformers 6 (the old name warns).
+        declared = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )()
+        if isinstance(declared, int):
+            return declared
+        # No module declares it: measure it.
+        return int(self.embed(self.tokenize(["dimension"])).shape[1])
+
     def tokenize(self, texts: list[str]) -> Encoded:
         enc = self.tokenizer(
             texts, add_special_tokens=True, truncation=False, padding=False, verbose=False
