@@ -147,6 +147,19 @@ class LevelSummary(_Frozen):
     stopped_reason: str | None = Field(
         default=None, description="Why a partial level stopped (None for a whole one)."
     )
+    host_other_cpu_cores: float | None = Field(
+        default=None,
+        description="Cores other processes (not the run, its client or its server) kept busy "
+        "on average during the level, from /proc (None: not measured).",
+    )
+    host_load_1m: float | None = Field(
+        default=None, description="The host's 1-minute load average at the level's end."
+    )
+    host_quiet: bool | None = Field(
+        default=None,
+        description="False when other processes used more than embedsweep.hostload."
+        "QUIET_OTHER_CORES: the figures are of a shared host.",
+    )
 
 
 FidelityVerdict = Literal["passed", "failed", "error", "not_checked"]

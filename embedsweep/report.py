@@ -113,7 +113,15 @@ def _status(row: ReportRow) -> str:
         return status
     if row.get("fidelity_failed") or row.get("fidelity") == "failed":
         return FIDELITY_FAILED
-    return f"{status}*" if row.get("valid") is False else status
+    if row.get("valid") is False:
+        return f"{status}*"
+    # Measured while other processes used the cores: a figure of a shared host.
+    return f"{status} {BUSY_HOST}" if row.get("host_quiet") is False else status
+
+
+def _cores(value: object) -> str:
+    number = finite_number(value)
+    return _DASH if number is None else f"{number:.2f}"
 
 
 def _cosine(value: object) -> str:
@@ -184,6 +192,7 @@ FULL_COLUMNS: tuple[Column, ...] = (
     ("lag p99 ms", lambda r: _millis(r.get("lag_p99_ms")), True),
     ("tok mismatch", lambda r: _integer(r.get("prompt_tokens_mismatch")), True),
     ("usage counts", lambda r: _text(r.get("usage_counting")), False),
+    ("other cores", lambda r: _cores(r.get("host_other_cpu_cores")), True),
     ("fidelity", _fidelity, False),
     ("min cosine", lambda r: _cosine(r.get("fidelity_min_cosine")), True),
 )
@@ -251,6 +260,11 @@ SERVER_COLUMNS: tuple[Column, ...] = (
 
 INVALID_NOTE = "ok* = the level ran but failed its validity checks (token counts or concurrency)."
 FIDELITY_FAILED = "fidelity_failed"
+BUSY_HOST = "(busy host)"
+BUSY_HOST_NOTE = (
+    "(busy host) = other processes kept more than a quarter of a core busy during the level "
+    "(from /proc): its figures are of a shared host; rerun it on a quiet one."
+)
 FIDELITY_NOTE = (
     "fidelity_failed = the level ran, but the served vectors are not the model's (the fidelity "
     "probe's smallest cosine with a CPU reference, or between batches, orders and concurrent "
@@ -491,11 +505,14 @@ def _markdown(rows: Sequence[ReportRow]) -> str:
 def notes(rows: Sequence[ReportRow]) -> list[str]:
     """The notes that explain the marks in ROWS' status column."""
     marks = {_status(row) for row in rows}
-    return [
+    found = [
         note
         for mark, note in (("ok*", INVALID_NOTE), (FIDELITY_FAILED, FIDELITY_NOTE))
         if mark in marks
     ]
+    if any(BUSY_HOST in mark for mark in marks):
+        found.append(BUSY_HOST_NOTE)
+    return found
 
 
 def _print_table(

@@ -560,8 +560,13 @@ def _run_level(
     from embedsweep.loadgen import run_level_sync
 
     load = item.plan.load
+    from embedsweep.hostload import HostSampler
+
     when = f"during the load at concurrency {concurrency}"
     assert server.proc is not None
+    # The server leads its own session: its processes, with this one's, are the run's.
+    host = HostSampler(server_session=server.proc.pid)
+    host.start()
     try:
         with telemetry.level(concurrency):
             records = run_level_sync(
@@ -582,6 +587,18 @@ def _run_level(
         if code is not None:
             raise server.exit_error(code, when, tail_lines=20) from None
         raise
+    seen = host.stop()
+    if seen is not None:
+        hosted = keep
+        loads = {
+            "host_other_cpu_cores": seen.other_cpu_cores,
+            "host_load_1m": seen.load_1m,
+            "host_quiet": seen.quiet,
+        }
+
+        def keep(records: LevelRecords, concurrency: int, **update: object) -> None:
+            hosted(records, concurrency, **loads, **update)
+
     dead = _engine_death(records)
     if records.halted is not None or dead is not None:
         reason = records.halted or f"the engine died (its API server answered: {dead})"

@@ -426,6 +426,9 @@ def _result_rows(manifest: RunManifest) -> list[list[object]]:
             level.gpu_power_mean_w,
             level.partial,
             level.stopped_reason,
+            level.host_other_cpu_cores,
+            level.host_load_1m,
+            level.host_quiet,
         ]
         for level in manifest.levels
     ]

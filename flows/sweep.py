@@ -500,6 +500,7 @@ def _publish(
         "p99_ms",
         "fidelity",
         "fidelity_min_cosine",
+        "host_quiet",
     ]
     create_table_artifact(
         # A run whose served vectors are not the model's keeps its figures, never as "ok".

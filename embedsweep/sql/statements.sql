@@ -60,10 +60,11 @@ INSERT INTO results (
     inputs_per_s, input_tokens_per_s, latency_mean_ms, p50_ms, p90_ms, p95_ms, p99_ms, max_ms,
     prompt_tokens_mismatch, achieved_concurrency, valid, cost_per_million_tokens,
     mode, offered_rps, lag_mean_ms, lag_p99_ms, lag_max_ms, unsent,
-    gpu_util_mean_pct, gpu_mem_used_max_mib, gpu_power_mean_w, partial, stopped_reason
+    gpu_util_mean_pct, gpu_mem_used_max_mib, gpu_power_mean_w, partial, stopped_reason,
+    host_other_cpu_cores, host_load_1m, host_quiet
 ) VALUES (
     ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
 );
 
 -- name: foreign_request_rows
@@ -146,7 +147,10 @@ SELECT
     usage_counting,
     usage_trusted,
     coalesce(partial, false) AS partial,
-    stopped_reason
+    stopped_reason,
+    host_other_cpu_cores,
+    host_load_1m,
+    host_quiet
 FROM v_results
 WHERE CASE
     WHEN CAST(? AS VARCHAR) IS NULL THEN is_latest

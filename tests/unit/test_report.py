@@ -101,14 +101,15 @@ def test_markdown_comparison_carries_every_figure() -> None:
     assert lines[0] == (
         "| model | engine | pool | gpu | chunk | batch | mode | conc | offered rps | status "
         "| reason | rps | inputs/s | tok/s | p50 ms | p90 ms | p95 ms | p99 ms | max ms | mean ms "
-        "| $/M tok | lag p99 ms | tok mismatch | usage counts | fidelity | min cosine |"
+        "| $/M tok | lag p99 ms | tok mismatch | usage counts | other cores | fidelity "
+        "| min cosine |"
     )
     assert lines[1] == (
-        "|---|---|---|---|---:|---:|---|---:|---:|---|---|" + "---:|" * 12 + "---|---|---:|"
+        "|---|---|---|---|---:|---:|---|---:|---:|---|---|" + "---:|" * 12 + "---|---:|---|---:|"
     )
     assert lines[2] == (
         "| e5-base-v2 | vllm | a100 | NVIDIA A100 | 512 | 1 | - | 16 | - | ok | - | 812.3 "
-        "| 812.3 | 415,921 | 4.57 | 9.10 | - | 123.5 | - | 5.00 | 0.0012 | - | 0 | - | - | - |"
+        "| 812.3 | 415,921 | 4.57 | 9.10 | - | 123.5 | - | 5.00 | 0.0012 | - | 0 | - | - | - | - |"
     )
     assert lines[3].startswith(
         "| NV-Embed-v2 | hf (planned vllm) | a100 | NVIDIA A100 | 512 | 1 | - | - | - | blocked "
@@ -342,3 +343,17 @@ def test_html_marks_the_row_the_series_and_lists_the_probe() -> None:
     assert 'id="fidelity"' in page
     assert "e5-base-v2 · vllm · a100 (fidelity_failed)" in page
     assert "e5-base-v2 · hf · a100 (fidelity_failed)" not in page
+
+
+def test_a_level_of_a_busy_host_is_flagged_and_a_quiet_one_is_not() -> None:
+    busy = row(host_quiet=False, host_other_cpu_cores=0.97, run_id="busy")
+    quiet = row(engine="hf", host_quiet=True, host_other_cpu_cores=0.01, run_id="quiet")
+    table = render([busy, quiet], "table", width=220)
+    lines = table.splitlines()
+    assert "ok (busy host)" in next(line for line in lines if " vllm " in line)
+    assert "busy host" not in next(line for line in lines if " hf " in line)
+    assert "other processes kept more than a quarter of a core busy" in table
+    markdown = render([busy, quiet], "markdown")
+    assert "| ok (busy host) |" in markdown
+    assert "| 0.97 |" in markdown
+    assert "busy host" not in render([quiet], "markdown")
