@@ -856,9 +856,12 @@ def _run_runnable(items: list[_Item], progress: Progress | None, raise_transient
         _measure_group(items, progress, outs, state)
     except ServerError as exc:
         if exc.transient and raise_transient and all(item.result is None for item in items):
-            # Retried as a new run; these directories keep their server.log but are no runs.
+            # Retried as a new run: these directories are no runs. Their server.log is in the
+            # error (its last lines), which the retry logs; the directory goes, or a sweep with
+            # three attempts would leave two folders holding only a log.
             for item in items:
                 _discard_pending(item.run_dir)
+                _remove_attempt(item.run_dir)
             raise
         _finish(items, outs, exc.code, exc.message)
     except EmbedsweepError as exc:
@@ -972,6 +975,18 @@ def run_cell(
         raise_transient=raise_transient,
         run_ids=[run_id],
     )[0]
+
+
+def _remove_attempt(run_dir: Path) -> None:
+    """Delete RUN_DIR if it holds nothing but a server log (an attempt that will be retried)."""
+    try:
+        names = {p.name for p in run_dir.iterdir()}
+    except OSError:
+        return
+    if names <= {"server.log"}:
+        with contextlib.suppress(OSError):
+            (run_dir / "server.log").unlink(missing_ok=True)
+            run_dir.rmdir()
 
 
 def _discard_pending(run_dir: Path) -> None:

@@ -52,7 +52,8 @@ def _attempts(tmp_path: Path) -> int:
 
 def test_startup_timeout_is_retried_then_recorded(tmp_path: Path) -> None:
     # A "server" that never answers /health: a real process that only sleeps.
-    plan = _plan(tmp_path, ["sh", "-c", "sleep 30"], startup_timeout_s=1)
+    starts = tmp_path / "starts"
+    plan = _plan(tmp_path, ["sh", "-c", f"echo start >> {starts}; sleep 30"], startup_timeout_s=1)
     from prefect import flow
 
     @flow(retry_delay_seconds=0)
@@ -62,7 +63,12 @@ def test_startup_timeout_is_retried_then_recorded(tmp_path: Path) -> None:
     manifest = one_cell()
     assert manifest.status == "failed"
     assert manifest.reason == "startup_timeout"
-    assert _attempts(tmp_path) == CELL_RETRIES + 1
+    assert starts.read_text().count("start") == CELL_RETRIES + 1
+    # The retried attempts leave no folder holding only a server.log: one run, one folder.
+    folders = list((tmp_path / "s").iterdir())
+    assert len(folders) == 1
+    assert (folders[0] / "run.json").exists()
+    assert _attempts(tmp_path) == 1
 
 
 def test_a_crash_is_not_retried(tmp_path: Path) -> None:
