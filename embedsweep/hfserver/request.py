@@ -9,8 +9,8 @@ type) is what vLLM's request validation answers: ``type`` ``"Bad Request"``, ``p
 A well-formed request that vLLM refuses (``dimensions`` on a model that is not Matryoshka, no
 prompt, an empty prompt, a token id out of vocabulary, an input over the limit) gets vLLM's own
 message, ``type`` ``"BadRequestError"`` and vLLM's ``param`` (``input_tokens`` for an input over
-the limit, none otherwise). Checks run in vLLM's order, so a request with two faults gets the
-error vLLM would give.
+the limit, none otherwise). Checks run in vLLM's order (so a request with two faults gets vLLM's
+answer), except that a text is held to the limit last, by the batcher, once it is tokenized.
 """
 
 from __future__ import annotations

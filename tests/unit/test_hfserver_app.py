@@ -1,0 +1,59 @@
+"""The built-in server's app when its model fails: a 500 in vLLM's body, and the next request is
+served. The model is a stand-in (a real one cannot be made to fail on request); the app and the
+batcher are the real ones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from starlette.testclient import TestClient
+
+from embedsweep.hfserver.app import build_app
+from embedsweep.hfserver.batcher import Batcher
+from embedsweep.hfserver.embedder import Encoded
+from embedsweep.hfserver.request import Served
+
+
+class FailingOnBoomStandIn:
+    """Tokenizes one id per character; embedding a batch holding the text "boom" fails."""
+
+    def tokenize(self, texts: list[str]) -> Encoded:
+        ids = [[ord(c) for c in t] for t in texts]
+        return {"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids]}
+
+    def embed(self, encoded: Encoded) -> npt.NDArray[np.float32]:
+        if [ord(c) for c in "boom"] in encoded["input_ids"]:
+            raise RuntimeError("the model failed")
+        return np.ones((len(encoded["input_ids"]), 4), dtype=np.float32) / 2
+
+
+@pytest.fixture
+def http() -> Iterator[TestClient]:
+    batcher = Batcher(FailingOnBoomStandIn(), max_input_tokens=16)
+    batcher.start()
+    app = build_app(batcher, served_name="m", api_key=None, served=Served(dimension=4))
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield client
+    finally:
+        batcher.stop()
+
+
+def test_a_model_failure_is_vllms_500_and_the_server_goes_on(http: TestClient) -> None:
+    failed = http.post("/v1/embeddings", json={"input": "boom"})
+    assert failed.status_code == 500
+    assert failed.json() == {
+        "error": {
+            "message": "the model failed",
+            "type": "InternalServerError",
+            "param": None,
+            "code": 500,
+        }
+    }
+    served = http.post("/v1/embeddings", json={"input": ["ok", "fine"]})
+    assert served.status_code == 200
+    assert [d["embedding"] for d in served.json()["data"]] == [[0.5] * 4] * 2
+    assert served.json()["usage"]["prompt_tokens"] == 6
