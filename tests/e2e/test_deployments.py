@@ -86,7 +86,7 @@ def test_nightly_schedule_and_sweep_schema(stack: Stack) -> None:
     assert sweep_props["engines"]["items"]["type"] == "string"
     assert "hf" in sweep_props["engines"]["items"]["examples"]
     fallback = [t for t in sweep_props["fallback_engine"]["anyOf"] if "enum" in t]
-    assert fallback[0]["enum"] == ["vllm", "sglang", "hf"]
+    assert fallback[0]["enum"] == ["vllm", "sglang", "hf", "infinity"]
     assert defs["ModelSpec"]["properties"]["dtype"]["enum"][0] == "auto"
     assert defs["LoadSpec"]["properties"]["concurrency"]["items"]["exclusiveMinimum"] == 0
     assert defs["LoadSpec"]["properties"]["chunk_sizes"]["description"]
