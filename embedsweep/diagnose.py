@@ -2,8 +2,10 @@
 (ARCHITECTURE.md) plus the one line that decided it.
 
 Rules are a plain ordered table (:data:`RULES`) of ``(cause, regex, transient)`` built from the
-failure texts of vLLM (0.33 and older releases), SGLang 0.5.x, transformers / huggingface_hub and
-uvicorn (research/ENGINES.md). How a log is read:
+failure texts of vLLM (0.33 and older releases), SGLang 0.5.x, Infinity 0.0.78, transformers /
+huggingface_hub and uvicorn (research/ENGINES.md). Infinity dies at start-up through
+sentence-transformers, transformers, huggingface_hub and uvicorn, so their rules cover it (its
+real logs are in tests/fixtures/logs, ``*__infinity078_*``). How a log is read:
 
 1. **Root cause first.** Lines are scanned top to bottom and the first line that a server-level
    rule matches decides; within that one line the earliest rule in the table (the most specific)
@@ -104,7 +106,13 @@ RULES: tuple[Rule, ...] = (
         r"Repository Not Found for url"
         r"|is not a local folder and is not a valid model identifier"
         # vLLM's own check of a model argument that is neither a folder nor a hub id.
-        r"|Invalid repository ID or local directory specified",
+        r"|Invalid repository ID or local directory specified"
+        # huggingface_hub given a path that is no folder (Infinity 0.0.78 passes a missing
+        # model folder on to hf_hub_download as a repo id).
+        r"|Repo id must be in the form 'repo_name' or 'namespace/repo_name'"
+        # huggingface_hub's LocalEntryNotFoundError: not in the local cache and the hub not
+        # reachable (HF_HUB_OFFLINE, no network). Not transient: a retry finds the same cache.
+        r"|(?i:cannot find the requested files in the (?:local|disk) cache)",
     ),
     # Missing or corrupt weights: transformers' "Error no file named model.safetensors, or
     # pytorch_model.bin, found in directory", safetensors' header check (vLLM and SGLang load
@@ -116,7 +124,9 @@ RULES: tuple[Rule, ...] = (
         r"|SafetensorError: Error while deserializing header"
         r"|safetensors_rust\.SafetensorError"
         r"|Unable to load weights from pytorch checkpoint"
-        r"|PytorchStreamReader failed reading zip archive",
+        r"|PytorchStreamReader failed reading zip archive"
+        # A model folder without config.json (Infinity 0.0.78 opens it first).
+        r"|No such file or directory: '[^']*/config\.json'",
     ),
     # transformers: "contains custom code which must be executed ... trust_remote_code=True";
     # older releases: "requires you to execute the configuration file in that repo". The bare word

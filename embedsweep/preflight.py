@@ -10,9 +10,17 @@ Length rules mirror each engine (research/ENGINES.md):
   ``>= context length`` tokens is rejected, so the longest accepted input is one less.
 * hf (built-in server, the project's own rule): the vLLM rule, so a cell's limit does not change
   when it falls back from vLLM to hf; an input of exactly the limit is accepted.
-* infinity: sentence-transformers' ``max_seq_length`` (the vLLM rule gives the same); a longer
-  input is **not rejected but truncated** (HTTP 200): the engines in :data:`TRUNCATING_ENGINES`
-  get their over-length cells blocked with a message that says so.
+* infinity: what sentence-transformers (3.4.1 in Infinity 0.0.78's environment; its
+  ``models.Transformer``) truncates every input to: ``sentence_bert_config.json``'s
+  ``max_seq_length``, else ``min(config.max_position_embeddings, tokenizer model_max_length)``,
+  else no limit; special tokens included, an input of exactly that many tokens embedded whole.
+  Measured with all-MiniLM-L6-v2: 256 (its sentence_bert_config; BERT's 512 positions and the
+  tokenizer's 512 play no part): a 257- or 512-token input gives the vector of its first 256.
+
+What an engine does with a longer input is :data:`OVERLENGTH`: vLLM, SGLang and hf **reject** it
+(HTTP 400); Infinity **truncates** it silently (HTTP 200, ``prompt_tokens`` capped), so its
+over-length cells are blocked with a message that says a measurement would be of a truncated
+input. An engine not listed is taken to reject.
 
 Memory: weights converted to the served dtype, times 1.2 for activations and the engine's
 buffers, plus 1.5 GB for the CUDA context, must fit in ``gpu_memory_gb × gpu_memory_utilization ×
@@ -22,13 +30,16 @@ tensor_parallel_size``. CPU pools (``gpu_memory_gb: 0``) skip the check.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from embedsweep.hub import ModelMeta
 from embedsweep.records import PreflightResult, Reason
 from embedsweep.registry import LiveArchitectures, snapshot_for, support
 
 __all__ = [
+    "OVERLENGTH",
     "TRUNCATING_ENGINES",
+    "Overlength",
     "PoolLimits",
     "file_reasons",
     "max_input_tokens",
@@ -53,9 +64,16 @@ _SGLANG_LENGTH_KEYS = (
     "model_max_length",
     "max_position_embeddings",
 )
-# Engines that answer an over-length input 200 with a truncated embedding instead of an error
-# (measured: Infinity 0.0.78). A measurement there would be of the truncated input.
-TRUNCATING_ENGINES = frozenset({"infinity"})
+Overlength = Literal["rejects", "truncates"]
+# What each engine does with an input past its limit (measured on the real servers, README):
+# "rejects" answers an error, "truncates" answers 200 with the embedding of the input's head.
+OVERLENGTH: dict[str, Overlength] = {
+    "vllm": "rejects",
+    "sglang": "rejects",
+    "hf": "rejects",
+    "infinity": "truncates",
+}
+TRUNCATING_ENGINES = frozenset(e for e, how in OVERLENGTH.items() if how == "truncates")
 # tokenizer_config.json uses a huge sentinel (int(1e30)) for "no limit".
 _TOKENIZER_NO_LIMIT = 1_000_000_000
 NON_COMMERCIAL = ("-nc", "non-commercial", "noncommercial")
@@ -88,9 +106,26 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+def _sentence_transformers_limit(meta: ModelMeta) -> int | None:
+    """sentence-transformers' ``max_seq_length`` as its ``models.Transformer`` sets it (the
+    Infinity rule in the module docstring). It reads the loaded model's own (top-level) config
+    and the tokenizer's limit, the no-limit sentinel included."""
+    st_max = _int((meta.sentence_bert_config or {}).get("max_seq_length"))
+    if st_max is not None:
+        return st_max
+    positions = _int(meta.config.get("max_position_embeddings"))
+    if positions is None:
+        return None
+    tok_max = _int(meta.tokenizer_config.get("model_max_length"))
+    return positions if tok_max is None else min(positions, tok_max)
+
+
 def max_input_tokens(meta: ModelMeta, engine: str) -> int | None:
-    """The longest input, in tokens with special tokens, that ``engine`` accepts for this model."""
+    """The longest input, in tokens with special tokens, that ``engine`` accepts for this model
+    (for an engine that truncates: the longest it embeds whole)."""
     config = _text_config(meta)
+    if engine == "infinity":
+        return _sentence_transformers_limit(meta)
     if engine == "sglang":
         for key in _SGLANG_LENGTH_KEYS:
             value = _int(config.get(key))
@@ -181,7 +216,7 @@ def _length_reasons(limit: int | None, chunk_size: int, engine: str) -> list[Rea
             )
         ]
     if chunk_size > limit:
-        if engine in TRUNCATING_ENGINES:
+        if OVERLENGTH.get(engine, "rejects") == "truncates":
             message = (
                 f"chunk size {chunk_size} exceeds the longest input {engine} embeds whole for "
                 f"this model ({limit} tokens): {engine} truncates longer inputs silently (HTTP "

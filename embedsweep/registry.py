@@ -7,7 +7,9 @@ when asked to (vLLM converts causal LMs with ``--runner pooling``/``--convert em
 ``--task embed`` before 0.10; SGLang pools them with ``--is-embedding``), and every architecture
 it registers. A release whose code does not convert causal LMs has an empty ``convertible``.
 A version without a snapshot uses the nearest older one, and says so. The built-in ``hf``
-engine serves whatever transformers can load, custom code included when trusted.
+engine and Infinity serve whatever transformers can load, custom code included when trusted
+(Infinity: no ``*ForSequenceClassification``, which it serves as a reranker; see
+:func:`support`).
 """
 
 from __future__ import annotations
@@ -128,10 +130,20 @@ def support(
     ``live`` is what the installed engine itself reports; where it says, it wins over the
     snapshot (whether a causal LM converts still comes from the snapshot's rules).
     """
+    if engine == "infinity" and "SequenceClassification" in architecture:
+        # Infinity 0.0.78 picks its engine from config.json (inference/select_model.py): an
+        # architecture naming SequenceClassification becomes a reranker or classifier, never an
+        # embedding model on /embeddings.
+        return Support("unsupported", None)
     if engine in ("hf", "infinity"):
-        # Both load the model with sentence-transformers over transformers' Auto classes (Infinity
-        # 0.0.78's torch engine does): whatever transformers maps is served, a model's own code
-        # when trusted. (Infinity's environment has its own transformers; this one's answers.)
+        # Both load text models through sentence-transformers over transformers' Auto classes:
+        # Infinity 0.0.78's torch engine is sentence_transformers.SentenceTransformer (its
+        # transformer/embedder/sentence_transformer.py; the server and torch extras pull
+        # sentence-transformers 3.x and transformers 4.x), which builds AutoModel from the
+        # folder, with a mean pooler when the folder has no modules.json. So whatever
+        # transformers maps is served, a model's own code (auto_map) only when trusted
+        # (the adapter passes --no-trust-remote-code otherwise: Infinity's default trusts).
+        # Infinity's environment has its own transformers; this one's answers.
         if architecture in _transformers_architectures():
             return Support("native", None)
         return Support("custom_code" if has_auto_map else "unsupported", None)

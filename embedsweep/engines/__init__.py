@@ -32,11 +32,8 @@ def usage_counting(engine: str) -> tuple[str, bool]:
     """How ENGINE's ``usage.prompt_tokens`` counts (``tokens``: with special tokens, as the
     model's tokenizer does; ``tokens_without_special``; ``characters``), and whether it can
     reveal a truncated input."""
-    adapter = ADAPTERS.get(engine)
-    return (
-        str(getattr(adapter, "usage_counting", "tokens")),
-        bool(getattr(adapter, "usage_trusted", True)),
-    )
+    adapter = adapter_for(engine)
+    return adapter.usage_counting, adapter.usage_trusted
 
 
 def adapter_for(engine: str) -> EngineAdapter:

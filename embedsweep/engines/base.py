@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
-__all__ = ["EngineAdapter", "Launch", "cuda_devices"]
+__all__ = ["EngineAdapter", "Launch", "UsageCounting", "cuda_devices"]
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,18 @@ class Launch:
     extra_args: tuple[str, ...] = ()
 
 
+UsageCounting = Literal["tokens", "tokens_without_special", "characters"]
+
+
 class EngineAdapter(Protocol):
     name: str
+    # How the engine's usage.prompt_tokens counts an input: "tokens" as the model's tokenizer
+    # counts them with the special tokens (hf, vLLM, SGLang), "tokens_without_special"
+    # (Infinity with --lengths-via-tokenize), "characters" (Infinity without it).
+    usage_counting: UsageCounting
+    # Whether that count can reveal a truncated input (False: an over-length input is answered
+    # 200 with the count capped at the limit).
+    usage_trusted: bool
 
     def command(self, launch: Launch) -> list[str]:
         """The full argv that starts the server."""

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from embedsweep.engines.base import Launch, cuda_devices
+from embedsweep.engines.base import Launch, UsageCounting, cuda_devices
 
 __all__ = ["HFAdapter"]
 
 
 class HFAdapter:
     name = "hf"
+    usage_counting: UsageCounting = "tokens"
+    usage_trusted = True
 
     def command(self, launch: Launch) -> list[str]:
         argv = list(launch.command) or [sys.executable, "-m", "embedsweep.hfserver"]

@@ -6,33 +6,39 @@ What it does differently from vLLM, measured with 0.0.78 (README, "Three real en
   stays unprefixed, which is where the supervisor polls;
 - ``usage.prompt_tokens`` counts tokens **without** the special tokens with
   ``--lengths-via-tokenize`` (characters without it): :data:`USAGE_COUNTING`;
-- an input past the model's limit (sentence-transformers' ``max_seq_length``) is answered 200,
-  silently truncated, with ``prompt_tokens`` capped: the preflight blocks such cells
-  (:data:`TRUNCATES`), and its usage cannot reveal a truncation (:data:`USAGE_TRUSTED`);
+- an input past the model's limit (sentence-transformers' ``max_seq_length``, 256 with the
+  special tokens for all-MiniLM-L6-v2) is answered 200, its vector that of the first 256 tokens;
+  ``prompt_tokens`` counts the input without specials, cut at the tokenizer's limit (a 257-token
+  input reports 255, a 300- or 512-token one 256), so the count cannot reveal a truncation
+  (:data:`USAGE_TRUSTED`) and the preflight blocks such cells (``preflight.OVERLENGTH``);
+- no flag sets the limit, so none is passed (``max_input_tokens`` is only the preflight's);
 - its request cache (``--vector-disk-cache``) would answer repeated inputs from disk: off;
 - telemetry off (``DO_NOT_TRACK``, ``INFINITY_ANONYMOUS_USAGE_STATS``), its cache under
   embedsweep's state folder (``INFINITY_HOME``; else it writes ``.infinity_cache`` into the
-  working directory), the API key in ``INFINITY_API_KEY`` (never argv).
+  working directory), the API key in ``INFINITY_API_KEY`` (its ``--api-key`` reads that
+  variable; never argv, so ``ps`` does not show it), its model code only when the sweep trusts
+  the model (Infinity's own default is ``--trust-remote-code``);
+- its log is drawn by rich at the terminal's width, 80 columns in a file: ``COLUMNS`` widens it,
+  so a message stays on one line for ``embedsweep diagnose``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from embedsweep.engines.base import Launch, cuda_devices
+from embedsweep.engines.base import Launch, UsageCounting, cuda_devices
 from embedsweep.engines.pidfiles import state_dir
 
-__all__ = ["TRUNCATES", "USAGE_COUNTING", "USAGE_TRUSTED", "InfinityAdapter"]
+__all__ = ["USAGE_COUNTING", "USAGE_TRUSTED", "InfinityAdapter"]
 
-USAGE_COUNTING = "tokens_without_special"
+USAGE_COUNTING: UsageCounting = "tokens_without_special"
 USAGE_TRUSTED = False
-TRUNCATES = True
 _DTYPES = {"auto": "auto", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
 class InfinityAdapter:
     name = "infinity"
-    usage_counting = USAGE_COUNTING
+    usage_counting: UsageCounting = USAGE_COUNTING
     usage_trusted = USAGE_TRUSTED
 
     def command(self, launch: Launch) -> list[str]:
@@ -58,6 +64,7 @@ class InfinityAdapter:
             "DO_NOT_TRACK": "1",
             "INFINITY_ANONYMOUS_USAGE_STATS": "0",
             "INFINITY_HOME": str(state_dir() / "infinity"),
+            "COLUMNS": "240",
         }
         if Path(str(launch.model_path)).is_dir():
             # A local folder: nothing to fetch, and nothing should try.

@@ -3,13 +3,15 @@ of ``>= context length`` tokens, so the context length is one more than the long
 
 from __future__ import annotations
 
-from embedsweep.engines.base import Launch, cuda_devices
+from embedsweep.engines.base import Launch, UsageCounting, cuda_devices
 
 __all__ = ["SGLangAdapter"]
 
 
 class SGLangAdapter:
     name = "sglang"
+    usage_counting: UsageCounting = "tokens"
+    usage_trusted = True
 
     def command(self, launch: Launch) -> list[str]:
         argv = [*(launch.command or ("python", "-m", "sglang.launch_server"))]

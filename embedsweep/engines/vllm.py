@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from embedsweep.engines.base import Launch, cuda_devices
+from embedsweep.engines.base import Launch, UsageCounting, cuda_devices
 from embedsweep.engines.pidfiles import state_dir
 from embedsweep.registry import _version_key
 
@@ -44,6 +44,8 @@ def cpu_environment(cores: int | None = None) -> dict[str, str]:
 
 class VLLMAdapter:
     name = "vllm"
+    usage_counting: UsageCounting = "tokens"
+    usage_trusted = True
 
     def command(self, launch: Launch) -> list[str]:
         base = list(launch.command or ("vllm",))

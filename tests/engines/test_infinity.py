@@ -72,6 +72,13 @@ def test_the_adapter_starts_it_with_the_key_out_of_argv(server: ServerProcess) -
     assert "--no-vector-disk-cache" in server.argv
     status, _ = _post(server, "hello world", key="wrong")
     assert status == 401
+    # The routes take the /v1 prefix, /health (where the supervisor polls) does not.
+    with urllib.request.urlopen(f"{server.url}/health", timeout=10) as response:
+        assert response.status == 200
+    with pytest.raises(urllib.error.HTTPError) as prefixed:
+        urllib.request.urlopen(f"{server.url}/v1/health", timeout=10)
+    prefixed.value.close()
+    assert prefixed.value.code == 404
     status, body = _post(server, "hello world")
     assert status == 200
     assert len(body["data"][0]["embedding"]) == 384
@@ -91,6 +98,23 @@ def test_an_over_length_cell_is_blocked_while_infinity_answers_200(server: Serve
     assert reason.code == "exceeds_context"
     assert "truncates longer inputs silently (HTTP 200)" in reason.message
     assert run_preflight(meta, model=MODEL, engine="infinity", chunk_size=256).verdict == "ok"
+
+
+def test_one_token_past_the_limit_is_truncated_while_its_count_looks_exact(
+    server: ServerProcess,
+) -> None:
+    calibrator = Calibrator(load_tokenizer(resolve_model(MODEL).path))
+    text = calibrator.texts(257, 1, 0)[0]
+    head = " ".join(text.split()[:-1])  # the first 256 tokens with [CLS] and [SEP]
+    assert calibrator.count(head) == 256
+    status, whole = _post(server, text)
+    assert status == 200
+    # 257 - 2 special tokens: the count of an input that was embedded whole...
+    assert whole["usage"]["prompt_tokens"] == 255
+    # ...yet the vector is that of its first 256 tokens: the count cannot reveal a truncation.
+    _, cut = _post(server, head)
+    a, b = whole["data"][0]["embedding"], cut["data"][0]["embedding"]
+    assert sum(x * y for x, y in zip(a, b, strict=True)) > 0.99999
 
 
 def test_usage_counts_without_special_tokens(server: ServerProcess) -> None:

