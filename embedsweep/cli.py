@@ -491,6 +491,7 @@ def fidelity(
     themselves. Exit 0 passed, 1 failed, 2 bad input or an endpoint that could not be probed."""
     from embedsweep import fidelity as fid
     from embedsweep.calibrate import Calibrator, load_tokenizer
+    from embedsweep.hfserver.request import matryoshka_of
     from embedsweep.hub import resolve_model
 
     if dtype not in fid.COSINE_THRESHOLDS:
@@ -510,7 +511,6 @@ def fidelity(
         _fail(exc.message)
     except (OSError, ValueError) as exc:
         _fail(f"cannot load the reference {reference}: {exc}")
-    config = meta.config
     endpoint = fid.Endpoint(url, model, os.environ.get(api_key_env) or None, timeout)
     result = fid.probe(
         endpoint,
@@ -520,7 +520,7 @@ def fidelity(
         reference_normalized=ref.normalized,
         dtype=dtype,
         overlength_text=over,
-        matryoshka=bool(config.get("matryoshka_dimensions") or config.get("is_matryoshka")),
+        matryoshka=matryoshka_of(meta.config)[0],
     )
     if as_json:
         _echo_json(result.model_dump(mode="json"))

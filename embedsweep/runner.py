@@ -259,11 +259,12 @@ def _manifest(
 
 def _calibrated_payloads(
     meta: ModelMeta, plan: CellPlan, served_name: str, usage_counting: str = "tokens"
-) -> tuple[list[bytes], int]:
+) -> tuple[list[bytes], int, list[str]]:
     """The level's request bodies, and the ``usage.prompt_tokens`` each must report in the
     engine's counting rule. Every text is exactly the chunk size by embedsweep's own count (the
     calibrator verifies it); an engine that counts without the special tokens (Infinity) must
-    report that many fewer per input."""
+    report that many fewer per input. The texts come back too (the fidelity probe sends the
+    first of them)."""
     from embedsweep.calibrate import Calibrator, load_tokenizer
     from embedsweep.loadgen import build_payloads
 
@@ -276,7 +277,7 @@ def _calibrated_payloads(
     per_input = plan.cell.chunk_size
     if usage_counting == "tokens_without_special":
         per_input -= calibrator.special_tokens
-    return payloads, per_input * load.batch_size
+    return payloads, per_input * load.batch_size, texts
 
 
 @dataclass
@@ -497,7 +498,7 @@ def _run_levels(
     from embedsweep.engines import usage_counting
 
     out.usage_counting, out.usage_trusted = usage_counting(item.checks[-1].engine)
-    payloads, expected = _calibrated_payloads(
+    payloads, expected, texts = _calibrated_payloads(
         item.meta, plan, cell.model.display_name, out.usage_counting
     )
     tables: list[pa.Table] = []
@@ -536,7 +537,7 @@ def _run_levels(
         if load.fidelity:
             if progress:
                 progress(0, f"{cell.label}: fidelity probe")
-            out.fidelity = _fidelity(item, server, launch)
+            out.fidelity = _fidelity(item, server, launch, texts)
     finally:
         if tables:
             _write_table(pa.concat_tables(tables), item.run_dir / "requests.parquet", pq)
@@ -630,11 +631,15 @@ def _reference_budget_bytes() -> int:
         return 8 << 30
 
 
-def _fidelity(item: _Item, server: ServerProcess, launch: Launch) -> FidelityResult:
-    """The fidelity probe of ITEM's cell against the running server (``embedsweep.fidelity``):
-    outside the timed levels; what it cannot check is a verdict, never an exception."""
+def _fidelity(
+    item: _Item, server: ServerProcess, launch: Launch, run_texts: Sequence[str]
+) -> FidelityResult:
+    """The fidelity probe of ITEM's cell against the running server (``embedsweep.fidelity``),
+    RUN_TEXTS the texts its levels sent: outside the timed levels; what it cannot check is a
+    verdict, never an exception."""
     from embedsweep import fidelity
     from embedsweep.calibrate import Calibrator, load_tokenizer
+    from embedsweep.hfserver.request import matryoshka_of
 
     plan, cell, meta = item.plan, item.plan.cell, item.meta
     assert meta is not None
@@ -651,10 +656,6 @@ def _fidelity(item: _Item, server: ServerProcess, launch: Launch) -> FidelityRes
         trusted = cell.model.trust_remote_code
         reference = fidelity.reference_for(meta.path, trust_remote_code=trusted)
         calibrator = Calibrator(load_tokenizer(meta.path))
-        load = plan.load
-        wanted = (load.requests or MAX_DISTINCT_PAYLOADS) + load.warmup_requests
-        count = min(wanted, MAX_DISTINCT_PAYLOADS) * load.batch_size
-        run_texts = calibrator.texts(cell.chunk_size, count, load.seed)[: fidelity.RUN_TEXTS]
         texts = fidelity.probe_texts(
             reference.count,
             cell.chunk_size,
@@ -675,7 +676,6 @@ def _fidelity(item: _Item, server: ServerProcess, launch: Launch) -> FidelityRes
     endpoint = fidelity.Endpoint(
         server.url, cell.model.display_name, launch.api_key, plan.load.request_timeout_s
     )
-    config = meta.config
     return fidelity.probe(
         endpoint,
         texts,
@@ -684,7 +684,7 @@ def _fidelity(item: _Item, server: ServerProcess, launch: Launch) -> FidelityRes
         reference_normalized=reference.normalized,
         dtype=dtype,
         overlength_text=overlength,
-        matryoshka=bool(config.get("matryoshka_dimensions") or config.get("is_matryoshka")),
+        matryoshka=matryoshka_of(meta.config)[0],
     )
 
 
