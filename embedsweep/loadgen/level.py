@@ -1,0 +1,274 @@
+"""One load level end to end: :func:`run_level` (in the running event loop) and
+:func:`run_level_sync` (on a fresh event loop, or fanned out over worker processes): the level's
+arguments checked, its schedule drawn, its shares driven and their rows merged; SIGTERM stops
+a level promptly and is then handed on."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import threading
+from collections.abc import Coroutine
+from typing import Any, NoReturn
+
+from embedsweep.errors import ConfigError
+from embedsweep.loadgen.connection import _parse_url
+from embedsweep.loadgen.phases import _drive, _loop_factory, _Share, _start_now
+from embedsweep.loadgen.processes import _run_processes, _shares
+from embedsweep.loadgen.records import LevelRecords, _records, _Rows
+from embedsweep.loadgen.schedule import _offered, poisson_schedule
+
+
+def _check_level(
+    payloads: list[bytes],
+    *,
+    concurrency: int,
+    requests: int | None,
+    duration_s: float | None,
+    warmup: int,
+    timeout_s: float,
+    rate: float | None,
+    processes: int,
+) -> None:
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+    if not payloads:
+        raise ConfigError("no payloads to send")
+    if requests is None and duration_s is None:
+        raise ConfigError("give a number of requests or a duration")
+    if requests is not None and requests < 1:
+        raise ConfigError(f"requests must be >= 1, got {requests}")
+    if duration_s is not None and duration_s <= 0:
+        raise ConfigError(f"duration must be > 0 s, got {duration_s}")
+    if warmup < 0:
+        raise ConfigError(f"warm-up must be >= 0 requests, got {warmup}")
+    if timeout_s <= 0:
+        raise ConfigError(f"timeout must be > 0 s, got {timeout_s}")
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise ConfigError(f"rate must be a positive number of requests/s, got {rate}")
+    if processes < 1:
+        raise ConfigError(f"processes must be >= 1, got {processes}")
+    if concurrency < processes:
+        raise ConfigError(
+            f"concurrency {concurrency} cannot be split over {processes} processes "
+            "(each needs a connection)"
+        )
+    if requests is not None and rate is None and requests < processes:
+        raise ConfigError(f"{requests} requests cannot be split over {processes} processes")
+
+
+async def run_level(
+    url: str,
+    payloads: list[bytes],
+    expected_tokens: int,
+    *,
+    concurrency: int,
+    requests: int | None = None,
+    duration_s: float | None = None,
+    warmup: int = 0,
+    timeout_s: float = 120.0,
+    api_key: str | None = None,
+    rate: float | None = None,
+    seed: int = 0,
+    watch_pid: int | None = None,
+) -> LevelRecords:
+    """Drive ``url`` + ``/v1/embeddings`` in this process's running event loop.
+
+    Without ``rate``, a closed loop of ``concurrency`` connections; with ``rate``, an open loop of
+    Poisson arrivals at ``rate`` per second (schedule from ``seed``) over at most ``concurrency``
+    connections. ``warmup`` requests run first (closed loop) and are not recorded; then the clock
+    starts and the level runs ``requests`` requests, or for ``duration_s`` seconds (no request
+    starts after it), or until whichever comes first when both are given. ``expected_tokens`` is
+    what each request sends (tokens per input × inputs per request), stored with every row.
+
+    The level ends early, keeping what it measured (``halted`` says why), when the server is gone:
+    the process ``watch_pid`` exited (checked at every failed connection and every quarter
+    second), or connections failed for ``UNREACHABLE_S`` with no response in between.
+    """
+    _check_level(
+        payloads,
+        concurrency=concurrency,
+        requests=requests,
+        duration_s=duration_s,
+        warmup=warmup,
+        timeout_s=timeout_s,
+        rate=rate,
+        processes=1,
+    )
+    _parse_url(url)
+    schedule = (
+        None
+        if rate is None
+        else poisson_schedule(rate, seed=seed, requests=requests, duration_s=duration_s)
+    )
+    (share,) = _shares(
+        url,
+        payloads,
+        concurrency=concurrency,
+        requests=requests,
+        duration_s=duration_s,
+        warmup=warmup,
+        timeout_s=timeout_s,
+        api_key=api_key,
+        schedule_ns=schedule,
+        processes=1,
+        watch_pid=watch_pid,
+    )
+    rows = await _drive(share, _start_now)
+    return _records(
+        [rows],
+        concurrency=concurrency,
+        expected_tokens=expected_tokens,
+        offered_rps=_offered(schedule, rate, requests, duration_s),
+    )
+
+
+def run_level_sync(
+    url: str,
+    payloads: list[bytes],
+    expected_tokens: int,
+    *,
+    concurrency: int,
+    requests: int | None = None,
+    duration_s: float | None = None,
+    warmup: int = 0,
+    timeout_s: float = 120.0,
+    api_key: str | None = None,
+    rate: float | None = None,
+    seed: int = 0,
+    processes: int = 1,
+    watch_pid: int | None = None,
+) -> LevelRecords:
+    """:func:`run_level` on a fresh event loop (uvloop when installed), or on ``processes``
+    worker processes with one event loop each, for when one core cannot keep up.
+
+    Split over processes, each gets an even share of the connections and warm-up requests, and
+    of the requests (closed loop) or every N-th arrival of the one drawn schedule (open loop);
+    all start their measured phase at one agreed instant and their records are merged on that
+    clock, so the result reads exactly like a one-process level.
+
+    In the main thread SIGTERM stops the level promptly (worker processes included) and is then
+    handed to whoever handled it before.
+    """
+    _check_level(
+        payloads,
+        concurrency=concurrency,
+        requests=requests,
+        duration_s=duration_s,
+        warmup=warmup,
+        timeout_s=timeout_s,
+        rate=rate,
+        processes=processes,
+    )
+    _parse_url(url)
+    if processes > 1:
+        schedule = (
+            None
+            if rate is None
+            else poisson_schedule(rate, seed=seed, requests=requests, duration_s=duration_s)
+        )
+        shares = _shares(
+            url,
+            payloads,
+            concurrency=concurrency,
+            requests=requests,
+            duration_s=duration_s,
+            warmup=warmup,
+            timeout_s=timeout_s,
+            api_key=api_key,
+            schedule_ns=schedule,
+            processes=processes,
+            watch_pid=watch_pid,
+        )
+        parts = _run_processes_stoppable(shares)
+        return _records(
+            parts,
+            concurrency=concurrency,
+            expected_tokens=expected_tokens,
+            offered_rps=_offered(schedule, rate, requests, duration_s),
+        )
+    coro = run_level(
+        url,
+        payloads,
+        expected_tokens,
+        concurrency=concurrency,
+        requests=requests,
+        duration_s=duration_s,
+        warmup=warmup,
+        timeout_s=timeout_s,
+        api_key=api_key,
+        rate=rate,
+        seed=seed,
+        watch_pid=watch_pid,
+    )
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        if threading.current_thread() is not threading.main_thread():
+            return runner.run(coro)
+        return _run_stoppable(runner, coro)
+
+
+def _run_stoppable(runner: asyncio.Runner, coro: Coroutine[Any, Any, LevelRecords]) -> LevelRecords:
+    """Run ``coro`` so that SIGTERM stops the load promptly and then reaches whoever handled
+    SIGTERM before (a Prefect flow's bridge, the CLI's handler).
+
+    A Python-level signal handler that raises while the event loop is inside a callback is lost
+    to the loop's exception handler, so the load would run to its end; instead the loop itself
+    catches SIGTERM, cancels the level, and the signal is delivered again outside the loop.
+    """
+    loop = runner.get_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+    received: list[int] = []
+
+    async def main() -> LevelRecords:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_term() -> None:
+            received.append(signal.SIGTERM)
+            task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+        return await coro
+
+    try:
+        return runner.run(main())
+    except asyncio.CancelledError:
+        if not received:
+            raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    _redeliver_sigterm(previous)
+
+
+def _redeliver_sigterm(previous: Any) -> NoReturn:
+    if callable(previous):
+        signal.raise_signal(signal.SIGTERM)
+    # No Python handler to hand it to (SIG_DFL would end the process without cleanup).
+    raise KeyboardInterrupt("SIGTERM")
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived while the parent waited for its worker processes."""
+
+
+def _run_processes_stoppable(shares: list[_Share]) -> list[_Rows]:
+    if threading.current_thread() is not threading.main_thread():
+        return _run_processes(shares)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: object) -> None:
+        # The parent only waits on pipes here (no event loop), so raising from the handler is
+        # safe and leaves through _run_processes' clean-up, which stops the workers.
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return _run_processes(shares)
+    except _Terminated:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    _redeliver_sigterm(previous)
