@@ -385,7 +385,9 @@ def test_refresh_writes_the_snapshot(
         assert (package, version) == ("vllm", "0.99.0")
         shutil.copy(fake_vllm_wheel, dest)
 
-    monkeypatch.setattr(registry_gen, "_pip_download", fake_pip_download_copies_wheel)
+    monkeypatch.setattr(
+        "embedsweep.registry_gen.snapshot._pip_download", fake_pip_download_copies_wheel
+    )
     out = refresh("vllm", "0.99.0", out_dir=tmp_path / "out", wheel_dir=tmp_path / "kept")
     assert out == tmp_path / "out" / "vllm-0.99.0.json"
     assert out.read_text() == dumps_snapshot(generate(fake_vllm_wheel))
