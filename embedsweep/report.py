@@ -1,7 +1,7 @@
 """Rendering of warehouse report rows (``embedsweep.store.report_rows``) as a terminal table,
-GitHub markdown, JSON or one self-contained HTML page (built in ``embedsweep.report_html``), and
-the summaries every format shares: cell counts, peaks, cheapest levels, blocked and failed cells.
-Pure: rows in, text out; no warehouse access and no printing.
+GitHub markdown, JSON or one self-contained HTML page (built in ``embedsweep.report_html``). The
+columns, formatters, notes and summaries every format shares live in ``embedsweep.report_model``
+and are re-exported here. Pure: rows in, text out; no warehouse access and no printing.
 """
 
 from __future__ import annotations
@@ -9,15 +9,45 @@ from __future__ import annotations
 import html
 import io
 import json
-import math
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from embedsweep.errors import ConfigError
+from embedsweep.report_html import render_html
+from embedsweep.report_model import (
+    CHEAPEST_COLUMNS,
+    COMPARISON_COLUMNS,
+    FIDELITY_COLUMNS,
+    FIDELITY_FAILED,
+    FIDELITY_NOTE,
+    FIDELITY_SECTION_NOTE,
+    FULL_COLUMNS,
+    INVALID_NOTE,
+    NO_PRICES_NOTE,
+    PEAK_COLUMNS,
+    PROBLEM_COLUMNS,
+    SERVER_COLUMNS,
+    SERVERS_NOTE,
+    Column,
+    ReportRow,
+    cell_counts,
+    cheapest,
+    fidelity_runs,
+    finite_number,
+    notes,
+    peaks,
+    problems,
+    series_key,
+    servers,
+    summary_line,
+    sweeps,
+    valid_runs,
+    with_sweep,
+)
 
 __all__ = [
     "COMPARISON_COLUMNS",
@@ -51,405 +81,6 @@ __all__ = [
 ]
 
 ReportFormat = Literal["table", "markdown", "json", "html"]
-ReportRow = dict[str, Any]
-
-_DASH = "-"
-
-
-def finite_number(value: object) -> float | int | None:
-    """The value as a figure, or None for anything that is not a finite number."""
-    # bool is an int to Python but never a figure here; NaN and infinities print as missing.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _integer(value: object) -> str:
-    number = finite_number(value)
-    return _DASH if number is None else f"{number:,}"
-
-
-def _rate(value: object) -> str:
-    # Requests per second of a small CPU model are single digits; one decimal keeps them apart.
-    number = finite_number(value)
-    return _DASH if number is None else f"{number:,.1f}"
-
-
-def _tokens(value: object) -> str:
-    number = finite_number(value)
-    return _DASH if number is None else f"{number:,.0f}"
-
-
-def _millis(value: object) -> str:
-    # Sub-10 ms latencies differ in the second decimal; above that it is noise.
-    number = finite_number(value)
-    if number is None:
-        return _DASH
-    return f"{number:.2f}" if abs(number) < 10 else f"{number:,.1f}"
-
-
-def _text(value: object) -> str:
-    return _DASH if value is None or value == "" else str(value)
-
-
-def _money(value: object) -> str:
-    # A small CPU model costs dollars per million tokens, a big GPU fractions of a cent: keep
-    # four significant figures either way.
-    number = finite_number(value)
-    return _DASH if number is None else f"{number:.4g}"
-
-
-def _status(row: ReportRow) -> str:
-    # A level that ran but failed its own validity checks (token count mismatch, concurrency not
-    # reached) must not read like a clean result; nor one whose served vectors are not the
-    # model's (the fidelity probe failed): its figures measure something else.
-    status = _text(row.get("status"))
-    if row.get("partial"):
-        # The level the server's death cut short: its figures cover only what was measured.
-        return f"{status} (partial)"
-    if status != "ok":
-        return status
-    if row.get("fidelity_failed") or row.get("fidelity") == "failed":
-        return FIDELITY_FAILED
-    if row.get("valid") is False:
-        return f"{status}*"
-    # Measured while other processes used the cores: a figure of a shared host.
-    return f"{status} {BUSY_HOST}" if row.get("host_quiet") is False else status
-
-
-def _cores(value: object) -> str:
-    number = finite_number(value)
-    return _DASH if number is None else f"{number:.2f}"
-
-
-def _cosine(value: object) -> str:
-    # 1 - cosine is what matters: 0.99999994 and 0.9999 differ in the fifth decimal.
-    number = finite_number(value)
-    return _DASH if number is None else f"{number:.6f}"
-
-
-def _fidelity(row: ReportRow) -> str:
-    """The fidelity verdict in a few characters: pass / FAIL with the smallest cosine."""
-    verdict = row.get("fidelity")
-    if verdict is None:
-        return _DASH
-    if verdict == "passed":
-        return "pass"
-    if verdict == "failed":
-        return f"FAIL {_cosine(row.get('fidelity_min_cosine'))}"
-    return str(verdict).replace("not_checked", "unchecked")
-
-
-def _finding_codes(row: ReportRow) -> str:
-    findings = row.get("fidelity_findings") or []
-    return ", ".join(str(f.get("code")) for f in findings if isinstance(f, dict)) or _DASH
-
-
-Column = tuple[str, Callable[[ReportRow], str], bool]
-
-# (header, formatter, right-aligned) for the terminal table, which must fit a terminal.
-COMPARISON_COLUMNS: tuple[Column, ...] = (
-    ("model", lambda r: _text(r.get("model")), False),
-    ("engine", lambda r: _text(r.get("engine")), False),
-    ("pool", lambda r: _text(r.get("pool")), False),
-    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    ("conc", lambda r: _integer(r.get("concurrency")), True),
-    ("status", _status, False),
-    ("reason", lambda r: _text(r.get("reason")), False),
-    ("rps", lambda r: _rate(r.get("throughput_rps")), True),
-    ("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
-    ("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
-    ("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
-    ("fidelity", _fidelity, False),
-)
-
-# Every figure a row carries, for the formats read in a browser (markdown artifact, HTML page),
-# where a wide table scrolls instead of wrapping.
-FULL_COLUMNS: tuple[Column, ...] = (
-    ("model", lambda r: _text(r.get("model")), False),
-    ("engine", lambda r: _engine_route(r), False),
-    ("pool", lambda r: _text(r.get("pool")), False),
-    ("gpu", lambda r: _text(r.get("gpu_model")), False),
-    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    ("batch", lambda r: _integer(r.get("batch_size")), True),
-    ("mode", lambda r: _text(r.get("mode")), False),
-    ("conc", lambda r: _integer(r.get("concurrency")), True),
-    ("offered rps", lambda r: _rate(r.get("offered_rps")), True),
-    ("status", _status, False),
-    ("reason", lambda r: _text(r.get("reason")), False),
-    ("rps", lambda r: _rate(r.get("throughput_rps")), True),
-    ("inputs/s", lambda r: _rate(r.get("inputs_per_s")), True),
-    ("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
-    ("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
-    ("p90 ms", lambda r: _millis(r.get("p90_ms")), True),
-    ("p95 ms", lambda r: _millis(r.get("p95_ms")), True),
-    ("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
-    ("max ms", lambda r: _millis(r.get("max_ms")), True),
-    ("mean ms", lambda r: _millis(r.get("mean_ms")), True),
-    ("$/M tok", lambda r: _money(r.get("cost_per_million_tokens")), True),
-    ("lag p99 ms", lambda r: _millis(r.get("lag_p99_ms")), True),
-    ("tok mismatch", lambda r: _integer(r.get("prompt_tokens_mismatch")), True),
-    ("usage counts", lambda r: _text(r.get("usage_counting")), False),
-    ("other cores", lambda r: _cores(r.get("host_other_cpu_cores")), True),
-    ("fidelity", _fidelity, False),
-    ("min cosine", lambda r: _cosine(r.get("fidelity_min_cosine")), True),
-)
-
-# One line per probed run: are the served vectors the model's?
-FIDELITY_COLUMNS: tuple[Column, ...] = (
-    ("model", lambda r: _text(r.get("model")), False),
-    ("engine", lambda r: _engine_route(r), False),
-    ("pool", lambda r: _text(r.get("pool")), False),
-    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    ("verdict", lambda r: _text(r.get("fidelity")), False),
-    ("min cosine", lambda r: _cosine(r.get("fidelity_min_cosine")), True),
-    ("needs", lambda r: _cosine(r.get("fidelity_threshold")), True),
-    ("max |diff|", lambda r: _sci(r.get("fidelity_max_abs_diff")), True),
-    ("batch/order cos", lambda r: _cosine(r.get("fidelity_invariance_min_cosine")), True),
-    ("findings", _finding_codes, False),
-)
-
-PROBLEM_COLUMNS: tuple[Column, ...] = (
-    ("model", lambda r: _text(r.get("model")), False),
-    ("engine", lambda r: _engine_route(r), False),
-    ("pool", lambda r: _text(r.get("pool")), False),
-    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    ("status", lambda r: _text(r.get("status")), False),
-    ("reason", lambda r: _text(r.get("reason")), False),
-    ("message", lambda r: _text(r.get("message")), False),
-)
-
-# One line per (series, chunk size): the level with the most tokens per second.
-_PEAK_COLUMNS: tuple[Column, ...] = (
-    ("model", lambda r: _text(r.get("model")), False),
-    ("engine", lambda r: _text(r.get("engine")), False),
-    ("pool", lambda r: _text(r.get("pool")), False),
-    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    ("batch", lambda r: _integer(r.get("batch_size")), True),
-    ("mode", lambda r: _text(r.get("mode")), False),
-    ("at conc", lambda r: _integer(r.get("concurrency")), True),
-    ("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
-    ("inputs/s", lambda r: _rate(r.get("inputs_per_s")), True),
-    ("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
-    ("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
-    ("status", _status, False),
-)
-
-_CHEAPEST_COLUMNS: tuple[Column, ...] = (
-    ("model", lambda r: _text(r.get("model")), False),
-    ("engine", lambda r: _text(r.get("engine")), False),
-    ("pool", lambda r: _text(r.get("pool")), False),
-    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    ("batch", lambda r: _integer(r.get("batch_size")), True),
-    ("at conc", lambda r: _integer(r.get("concurrency")), True),
-    ("$/M tok", lambda r: _money(r.get("cost_per_million_tokens")), True),
-    ("tokens per $", lambda r: _tokens(_tokens_per_dollar(r)), True),
-    ("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
-)
-
-# One line per engine server: every chunk size of a (model, engine, pool) ran on one.
-SERVER_COLUMNS: tuple[Column, ...] = (
-    ("model", lambda r: _text(r.get("model")), False),
-    ("engine", lambda r: _text(r.get("engine")), False),
-    ("pool", lambda r: _text(r.get("pool")), False),
-    ("chunk sizes", lambda r: ", ".join(str(c) for c in r.get("chunk_sizes", ())), False),
-    ("healthy after s", lambda r: _rate(r.get("server_startup_s")), True),
-)
-
-INVALID_NOTE = "ok* = the level ran but failed its validity checks (token counts or concurrency)."
-FIDELITY_FAILED = "fidelity_failed"
-BUSY_HOST = "(busy host)"
-BUSY_HOST_NOTE = (
-    "(busy host) = other processes kept more than a quarter of a core busy during the level "
-    "(from /proc): its figures are of a shared host; rerun it on a quiet one."
-)
-FIDELITY_NOTE = (
-    "fidelity_failed = the level ran, but the served vectors are not the model's (the fidelity "
-    "probe's smallest cosine with a CPU reference, or between batches, orders and concurrent "
-    "requests, is below the dtype's threshold): its figures do not measure this model."
-)
-FIDELITY_SECTION_NOTE = (
-    "After its levels, every run sends fixed probe texts to the served model and compares the "
-    "vectors with sentence-transformers in float32 on the CPU (each text alone), and with "
-    "themselves in one batch, a shuffled batch and concurrent requests."
-)
-SERVERS_NOTE = (
-    "Each engine server served every chunk size of its model and pool; 'healthy after' is its "
-    "start-up, from launch to a healthy /health."
-)
-NO_PRICES_NOTE = (
-    "No prices were given (cost_per_gpu_hour is 0 for every pool that ran), so there is no cost "
-    "comparison."
-)
-
-
-def _sci(value: object) -> str:
-    number = finite_number(value)
-    return _DASH if number is None else f"{number:.1e}"
-
-
-def valid_runs(rows: Sequence[ReportRow]) -> int:
-    """Runs with at least one valid measurement: status ok, a level that passed its own checks,
-    and served vectors that are the model's (or were not checked)."""
-    return len(
-        {
-            _cell_key(row)
-            for row in rows
-            if row.get("status") == "ok"
-            and row.get("valid") is True
-            and not row.get("fidelity_failed")
-            and not row.get("partial")
-        }
-    )
-
-
-def fidelity_runs(rows: Sequence[ReportRow]) -> list[ReportRow]:
-    """One row per run that the fidelity probe checked, in row order."""
-    seen: set[object] = set()
-    out: list[ReportRow] = []
-    for row in rows:
-        if row.get("fidelity") is None:
-            continue
-        key = _cell_key(row)
-        if key not in seen:
-            seen.add(key)
-            out.append(row)
-    return out
-
-
-def _engine_route(row: ReportRow) -> str:
-    engine, planned = row.get("engine"), row.get("planned_engine")
-    if planned and planned != engine:
-        return f"{_text(engine)} (planned {planned})"
-    return _text(engine)
-
-
-def _tokens_per_dollar(row: ReportRow) -> float | None:
-    cost = finite_number(row.get("cost_per_million_tokens"))
-    return 1e6 / cost if cost is not None and cost > 0 else None
-
-
-def _cell_key(row: ReportRow) -> object:
-    # A run has one row per load level; a row without a run id stands for itself.
-    return row.get("run_id") or id(row)
-
-
-def problems(rows: Sequence[ReportRow]) -> list[ReportRow]:
-    """One row per blocked, failed or cancelled run, in row order."""
-    # A failed run that finished some levels has one row per level; list the run once.
-    seen: set[object] = set()
-    out: list[ReportRow] = []
-    for row in rows:
-        if row.get("status") == "ok":
-            continue
-        key = _cell_key(row)
-        if key not in seen:
-            seen.add(key)
-            out.append(row)
-    return out
-
-
-def cell_counts(rows: Sequence[ReportRow]) -> dict[str, int]:
-    """Runs (cells) per status: ok, blocked and failed always present, any other status (such as
-    cancelled) after them when some run has it."""
-    status_of: dict[object, str] = {}
-    for row in rows:
-        status_of.setdefault(_cell_key(row), _text(row.get("status")))
-    counts = dict.fromkeys(("ok", "blocked", "failed"), 0)
-    for status in status_of.values():
-        counts[status] = counts.get(status, 0) + 1
-    return counts
-
-
-def sweeps(rows: Sequence[ReportRow]) -> list[str]:
-    """The sweep names the rows come from, in first-seen order."""
-    return list(dict.fromkeys(_text(row.get("sweep")) for row in rows))
-
-
-def _measured(row: ReportRow) -> bool:
-    return row.get("status") == "ok" and finite_number(row.get("concurrency")) is not None
-
-
-def series_key(row: ReportRow) -> tuple[str, str, str, str, str]:
-    """What one line on a chart follows across load levels: model, engine, pool, batch, mode."""
-    return (
-        _text(row.get("model")),
-        _text(row.get("engine")),
-        _text(row.get("pool")),
-        _integer(row.get("batch_size")),
-        _text(row.get("mode") or "closed"),
-    )
-
-
-def peaks(rows: Sequence[ReportRow]) -> list[ReportRow]:
-    """Per series and chunk size, the measured level with the most input tokens per second."""
-    best: dict[tuple[object, ...], ReportRow] = {}
-    for row in rows:
-        tokens = finite_number(row.get("input_tokens_per_s"))
-        if not _measured(row) or tokens is None:
-            continue
-        key = (*series_key(row), row.get("chunk_size"))
-        held = best.get(key)
-        if held is None or tokens > (finite_number(held.get("input_tokens_per_s")) or 0):
-            best[key] = row
-    return list(best.values())
-
-
-def cheapest(rows: Sequence[ReportRow]) -> list[ReportRow]:
-    """Per series and chunk size, the measured level with the lowest positive cost per million
-    tokens, cheapest first; empty when no pool had a price."""
-    best: dict[tuple[object, ...], ReportRow] = {}
-    for row in rows:
-        cost = finite_number(row.get("cost_per_million_tokens"))
-        if not _measured(row) or cost is None or cost <= 0:
-            continue
-        key = (*series_key(row), row.get("chunk_size"))
-        held = best.get(key)
-        if held is None or cost < (finite_number(held.get("cost_per_million_tokens")) or 0):
-            best[key] = row
-    return sorted(best.values(), key=lambda r: finite_number(r.get("cost_per_million_tokens")) or 0)
-
-
-def with_sweep(columns: Sequence[Column], rows: Sequence[ReportRow]) -> tuple[Column, ...]:
-    """``columns`` with a leading sweep column when the rows come from more than one sweep (the
-    same model, engine and chunk size can then appear once per sweep)."""
-    if len(sweeps(rows)) <= 1:
-        return tuple(columns)
-    return (("sweep", lambda r: _text(r.get("sweep")), False), *columns)
-
-
-def servers(rows: Sequence[ReportRow]) -> list[ReportRow]:
-    """One row per engine server the rows were measured on: model, engine (with its version),
-    pool, sweep, the chunk sizes it served and its time to healthy (``server_startup_s``)."""
-    found: dict[str, ReportRow] = {}
-    for row in rows:
-        server = row.get("server_id")
-        if not server:
-            continue
-        if server not in found:
-            version = row.get("engine_version")
-            engine = _text(row.get("engine")) + (f" {version}" if version else "")
-            found[server] = {
-                "sweep": row.get("sweep"),
-                "model": row.get("model"),
-                "engine": engine,
-                "pool": row.get("pool"),
-                "chunk_sizes": [],
-                "server_startup_s": row.get("server_startup_s"),
-            }
-        chunks = found[server]["chunk_sizes"]
-        if row.get("chunk_size") not in chunks:
-            chunks.append(row.get("chunk_size"))
-    return list(found.values())
-
-
-def summary_line(rows: Sequence[ReportRow]) -> str:
-    """Sweeps and cell counts in one line, for the top of a report."""
-    counts = ", ".join(f"{n} {status}" for status, n in cell_counts(rows).items())
-    names = ", ".join(sweeps(rows)) or _DASH
-    return f"Sweeps: {names} · cells: {counts} · {len(rows)} rows"
 
 
 def _md_cell(text: str) -> str:
@@ -475,10 +106,10 @@ def _markdown(rows: Sequence[ReportRow]) -> str:
     # not run, then every level. Charts have no markdown form; the peak table stands in for them.
     parts = ["# embedsweep report", "", summary_line(rows), "", "## Peak throughput", ""]
     peak_rows = peaks(rows)
-    parts.append(_md_table(_PEAK_COLUMNS, peak_rows) if peak_rows else "No measured levels.")
+    parts.append(_md_table(PEAK_COLUMNS, peak_rows) if peak_rows else "No measured levels.")
     parts += ["", "## Cost", ""]
     cheap_rows = cheapest(rows)
-    parts.append(_md_table(_CHEAPEST_COLUMNS, cheap_rows) if cheap_rows else NO_PRICES_NOTE)
+    parts.append(_md_table(CHEAPEST_COLUMNS, cheap_rows) if cheap_rows else NO_PRICES_NOTE)
     parts += ["", "## Blocked and failed", ""]
     problem_rows = problems(rows)
     parts.append(
@@ -500,19 +131,6 @@ def _markdown(rows: Sequence[ReportRow]) -> str:
     else:
         parts.append("No results.")
     return "\n".join(parts) + "\n"
-
-
-def notes(rows: Sequence[ReportRow]) -> list[str]:
-    """The notes that explain the marks in ROWS' status column."""
-    marks = {_status(row) for row in rows}
-    found = [
-        note
-        for mark, note in (("ok*", INVALID_NOTE), (FIDELITY_FAILED, FIDELITY_NOTE))
-        if mark in marks
-    ]
-    if any(BUSY_HOST in mark for mark in marks):
-        found.append(BUSY_HOST_NOTE)
-    return found
 
 
 def _print_table(
@@ -568,9 +186,5 @@ def render(rows: list[ReportRow], fmt: ReportFormat, *, width: int = 160) -> str
     if fmt == "table":
         return _rich(rows, width)
     if fmt == "html":
-        # report_html builds on this module's columns and summaries, so it is imported here
-        # rather than at the top, where the two modules would import each other.
-        from embedsweep.report_html import render_html
-
         return render_html(rows)
     raise ConfigError(f"unknown report format {fmt!r}; use table, markdown, json or html")

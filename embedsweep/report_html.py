@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
-from embedsweep.report import (
+from embedsweep.report_model import (
     FIDELITY_COLUMNS,
     FIDELITY_FAILED,
     FIDELITY_SECTION_NOTE,
