@@ -106,10 +106,14 @@ def _markdown(rows: Sequence[ReportRow]) -> str:
     # not run, then every level. Charts have no markdown form; the peak table stands in for them.
     parts = ["# embedsweep report", "", summary_line(rows), "", "## Peak throughput", ""]
     peak_rows = peaks(rows)
-    parts.append(_md_table(PEAK_COLUMNS, peak_rows) if peak_rows else "No measured levels.")
+    parts.append(
+        _md_table(with_sweep(PEAK_COLUMNS, rows), peak_rows) if peak_rows else "No measured levels."
+    )
     parts += ["", "## Cost", ""]
     cheap_rows = cheapest(rows)
-    parts.append(_md_table(CHEAPEST_COLUMNS, cheap_rows) if cheap_rows else NO_PRICES_NOTE)
+    parts.append(
+        _md_table(with_sweep(CHEAPEST_COLUMNS, rows), cheap_rows) if cheap_rows else NO_PRICES_NOTE
+    )
     parts += ["", "## Blocked and failed", ""]
     problem_rows = problems(rows)
     parts.append(

@@ -24,6 +24,7 @@ from embedsweep.report_model import (
     SERVERS_NOTE,
     Column,
     ReportRow,
+    SeriesKey,
     cell_counts,
     cheapest,
     fidelity_runs,
@@ -63,6 +64,8 @@ class Line:
     colour: str
     points: tuple[tuple[float, float], ...]
     dash: str = ""
+    # The sweep the points come from, written as the series' data-sweep attribute.
+    sweep: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,11 @@ def _compact(value: float) -> str:
     if magnitude == 0 or magnitude >= 1:
         return f"{value:.3g}"
     return f"{value:.2g}"
+
+
+def _exact(value: float) -> str:
+    # A hover title is where a reader goes for the figure itself: 13,298.42 tokens/s, not 1.33e+04.
+    return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.4g}"
 
 
 def _nice_step(span: float, target: int = 5) -> float:
@@ -236,15 +244,16 @@ def line_chart(
     for line in lines:
         dash = f' stroke-dasharray="{line.dash}"' if line.dash else ""
         coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in line.points)
+        sweep = f' data-sweep="{escape(line.sweep, quote=True)}"' if line.sweep is not None else ""
         out.append(
-            f'<g class="series"><polyline points="{coords}" fill="none" stroke="{line.colour}" '
-            f'stroke-width="2"{dash}/>'
+            f'<g class="series"{sweep}><polyline points="{coords}" fill="none" '
+            f'stroke="{line.colour}" stroke-width="2"{dash}/>'
         )
         for x, y in line.points:
             out.append(
                 f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{line.colour}">'
                 f"<title>{escape(line.label)}: {escape(x_label)} {x:g}, "
-                f"{escape(y_label)} {y:,.4g}</title></circle>"
+                f"{escape(y_label)} {_exact(y)}</title></circle>"
             )
         out.append("</g>")
     out += _legend(legend, bottom + _AXIS_SPACE + 8)
@@ -336,12 +345,15 @@ class _Group:
         return f"{what} · {size}" + (" · open loop" if self.mode == "open" else "")
 
 
-SeriesKey = tuple[str, str, str, str, str]
-
-
 def _series_label(key: SeriesKey, show_batch: bool) -> str:
-    model, engine, pool, batch, _ = key
-    return f"{model} · {engine} · {pool}" + (f" · batch {batch}" if show_batch else "")
+    sweep, model, engine, pool, batch, _ = key
+    batch_part = f" · batch {batch}" if show_batch else ""
+    return f"{model} · {engine} · {pool}{batch_part} · sweep {sweep}"
+
+
+def _run_of(row: ReportRow) -> str:
+    # A run is one cell's levels at one chunk size; a row without a run id stands for itself.
+    return str(row.get("run_id") or row.get("cell_id") or id(row))
 
 
 def _styles(keys: Sequence[SeriesKey]) -> dict[SeriesKey, tuple[str, str]]:
@@ -364,15 +376,38 @@ def _points(
     return tuple(sorted(points.items()))
 
 
+def _run_labels(
+    series: dict[tuple[SeriesKey, str], list[ReportRow]], show_batch: bool
+) -> dict[tuple[SeriesKey, str], str]:
+    """The legend label of each run on one chart: its series, and where two runs of one series
+    share the chart (two engine versions, or two runs of one cell), what tells them apart."""
+    labels: dict[tuple[SeriesKey, str], str] = {}
+    for key, run_id in series:
+        label = _series_label(key, show_batch)
+        twins = [run for run in series if run[0] == key]
+        if len(twins) > 1:
+            versions = {str(series[run][0].get("engine_version")) for run in twins}
+            version = series[(key, run_id)][0].get("engine_version")
+            if len(versions) == len(twins) and version:
+                label += f" · {key[2]} {version}"
+            else:
+                label += f" · run {run_id[:8]}"
+        labels[(key, run_id)] = label
+    return labels
+
+
 def _charts(rows: Sequence[ReportRow]) -> tuple[list[str], list[str]]:
     measured = [r for r in rows if r.get("status") == "ok"]
     keys = sorted({series_key(r) for r in measured})
     styles = _styles(keys)
-    show_batch = len({key[3] for key in keys}) > 1
-    by_group: dict[_Group, dict[SeriesKey, list[ReportRow]]] = {}
+    show_batch = len({key[4] for key in keys}) > 1
+    # One line per run: a line joins the load levels of one run of one cell, never the levels
+    # of two sweeps (or of two runs of a cell) that happen to share model, engine and pool.
+    by_group: dict[_Group, dict[tuple[SeriesKey, str], list[ReportRow]]] = {}
     for row in measured:
-        group = _Group(row.get("chunk_size"), series_key(row)[4])
-        by_group.setdefault(group, {}).setdefault(series_key(row), []).append(row)
+        group = _Group(row.get("chunk_size"), series_key(row)[5])
+        run = (series_key(row), _run_of(row))
+        by_group.setdefault(group, {}).setdefault(run, []).append(row)
 
     def order(group: _Group) -> tuple[str, float]:
         return (group.mode, float(finite_number(group.chunk) or 0))
@@ -381,22 +416,24 @@ def _charts(rows: Sequence[ReportRow]) -> tuple[list[str], list[str]]:
     latency: list[str] = []
     for group in sorted(by_group, key=order):
         series = by_group[group]
+        labels = _run_labels(series, show_batch)
         t_lines, t_legend, l_lines, l_legend = [], [], [], []
-        for key in sorted(series):
+        for run in sorted(series):
+            key, levels = run[0], series[run]
             colour, dash = styles[key]
-            label = _series_label(key, show_batch)
-            if any(r.get("fidelity_failed") for r in series[key]):
+            label = labels[run]
+            if any(r.get("fidelity_failed") for r in levels):
                 # Its figures are drawn, but never as a clean series.
                 label += f" ({FIDELITY_FAILED})"
-            points = _points(series[key], group.x_field, "input_tokens_per_s")
+            points = _points(levels, group.x_field, "input_tokens_per_s")
             if points:
-                t_lines.append(Line(label, colour, points, dash))
+                t_lines.append(Line(label, colour, points, dash, sweep=key[0]))
                 t_legend.append(LegendEntry(label, colour, dash))
             drew = False
             for field, name, p_dash in _PERCENTILES:
-                points = _points(series[key], group.x_field, field)
+                points = _points(levels, group.x_field, field)
                 if points:
-                    l_lines.append(Line(f"{label} {name}", colour, points, p_dash))
+                    l_lines.append(Line(f"{label} {name}", colour, points, p_dash, sweep=key[0]))
                     drew = True
             if drew:
                 l_legend.append(LegendEntry(label, colour))
@@ -430,7 +467,7 @@ def _cost_chart(rows: Sequence[ReportRow]) -> str | None:
         return None
     keys = sorted({series_key(r) for r in rows if r.get("status") == "ok"})
     styles = _styles(keys)
-    show_batch = len({key[3] for key in keys}) > 1
+    show_batch = len({key[4] for key in keys}) > 1
     bars = []
     for row in cheap:
         key = series_key(row)
@@ -480,11 +517,20 @@ def render_html(rows: Sequence[ReportRow]) -> str:
     counts = cell_counts(rows)
     throughput, latency = _charts(rows)
     no_points = _note("No measured load levels to plot.")
+    several = (
+        _note(
+            f"These rows come from {len(names)} sweeps ({', '.join(names)}): each line is one "
+            "run of one sweep, named in its legend; two sweeps are never joined into one line."
+        )
+        if len(names) > 1 and throughput
+        else ""
+    )
     sections: list[str] = [
         _section(
             "throughput",
             "Throughput vs load",
-            f'<div class="grid">{"".join(throughput)}</div>' if throughput else no_points,
+            several
+            + (f'<div class="grid">{"".join(throughput)}</div>' if throughput else no_points),
         ),
         _section(
             "latency",

@@ -29,6 +29,7 @@ __all__ = [
     "SERVER_COLUMNS",
     "Column",
     "ReportRow",
+    "SeriesKey",
     "cell_counts",
     "cheapest",
     "fidelity_runs",
@@ -365,9 +366,15 @@ def _measured(row: ReportRow) -> bool:
     return row.get("status") == "ok" and finite_number(row.get("concurrency")) is not None
 
 
-def series_key(row: ReportRow) -> tuple[str, str, str, str, str]:
-    """What one line on a chart follows across load levels: model, engine, pool, batch, mode."""
+SeriesKey = tuple[str, str, str, str, str, str]
+
+
+def series_key(row: ReportRow) -> SeriesKey:
+    """What one line on a chart follows across load levels: sweep, model, engine, pool, batch,
+    mode. The sweep is part of it: two sweeps of the same model, engine and pool are two
+    measurements (another day, another host), never one curve or one best level."""
     return (
+        _text(row.get("sweep")),
         _text(row.get("model")),
         _text(row.get("engine")),
         _text(row.get("pool")),

@@ -341,7 +341,7 @@ def test_html_marks_the_row_the_series_and_lists_the_probe() -> None:
     page = render([UNFAITHFUL, FAITHFUL], "html")
     assert '<tr class="s-fidelity_failed">' in page
     assert 'id="fidelity"' in page
-    assert "e5-base-v2 · vllm · a100 (fidelity_failed)" in page
+    assert "e5-base-v2 · vllm · a100 · sweep nightly (fidelity_failed)" in page
     assert "e5-base-v2 · hf · a100 (fidelity_failed)" not in page
 
 

@@ -268,3 +268,27 @@ def test_bar_chart_cuts_long_labels_but_keeps_them_in_the_title() -> None:
 
     assert f"<title>{label}: note</title>" in svg
     assert ">" + "m" * 39 + "…</text>" in svg
+
+
+@pytest.mark.parametrize(
+    ("second", "tells_apart"),
+    [
+        pytest.param({"engine_version": "0.33.0"}, ("vllm 0.32.0", "vllm 0.33.0"), id="versions"),
+        pytest.param({}, ("run r1", "run r2"), id="two-runs-of-a-cell"),
+    ],
+)
+def test_two_runs_of_one_series_are_two_lines_told_apart(
+    second: dict[str, Any], tells_apart: tuple[str, str]
+) -> None:
+    first = [
+        row(concurrency=c, input_tokens_per_s=100.0 * c, run_id="r1", engine_version="0.32.0")
+        for c in (1, 4)
+    ]
+    other = {"engine_version": "0.32.0", **second}
+    later = [row(concurrency=16, input_tokens_per_s=50.0, run_id="r2", **other)]
+    throughput = _sections(render([*first, *later], "html"))["throughput"]
+
+    lines = re.findall(r'<g class="series"[^>]*><polyline points="([^"]*)"', throughput)
+    assert sorted(len(points.split()) for points in lines) == [1, 2]
+    for label in tells_apart:
+        assert f"sweep nightly · {label}</text>" in throughput
