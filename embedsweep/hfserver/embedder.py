@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Embedder", "Encoded"]
+__all__ = ["Embedder", "Encoded", "NullModel"]
 
 Encoded = dict[str, list[list[int]]]
 
@@ -37,7 +37,7 @@ class Embedder:
         if dtype in _DTYPES:
             model_kwargs["torch_dtype"] = getattr(torch, _DTYPES[dtype])
         elif device == "cpu":
-            # Half precision on CPU is slow or unsupported; 'auto' means float32 there.
+            # 'auto' is resolved by the placement (embedsweep.hfserver.placement); here float32.
             model_kwargs["torch_dtype"] = torch.float32
         self._torch = torch
         self.model = SentenceTransformer(
@@ -49,6 +49,23 @@ class Embedder:
         )
         self.model.eval()
         self.tokenizer = self.model.tokenizer
+        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        self._pad_id = pad if isinstance(pad, int) else 0
+        self._pad_left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        normalizes = any(type(m).__name__ == "Normalize" for m in self.model)
+        self._renormalize = normalizes and self.dtype != "float32"
+        attention = getattr(
+            getattr(self._auto_model(), "config", None), "_attn_implementation", None
+        )
+        self.runtime = f"torch {torch.__version__} eager, {attention or 'default'} attention"
+
+    def _auto_model(self) -> Any:
+        for module in self.model:
+            auto_model = getattr(module, "auto_model", None)
+            if auto_model is not None:
+                return auto_model
+        return None
 
     @property
     def vocab_size(self) -> int:
@@ -90,9 +107,62 @@ class Embedder:
         )
         return {k: list(v) for k, v in enc.items()}
 
+    def pad(self, encoded: Encoded) -> dict[str, npt.NDArray[np.int64]]:
+        """ENCODED padded to its longest row on the tokenizer's side, as arrays (the tokenizer's
+        own ``pad`` is Python per element, a cost at thousands of inputs a second)."""
+        rows = encoded["input_ids"]
+        width = max((len(r) for r in rows), default=0)
+        out: dict[str, npt.NDArray[np.int64]] = {}
+        for key, values in encoded.items():
+            fill = self._pad_id if key == "input_ids" else 0
+            array = np.full((len(rows), width), fill, dtype=np.int64)
+            for i, row in enumerate(values):
+                if self._pad_left:
+                    array[i, width - len(row) :] = row
+                else:
+                    array[i, : len(row)] = row
+            out[key] = array
+        return out
+
     def embed(self, encoded: Encoded) -> npt.NDArray[np.float32]:
-        batch = self.tokenizer.pad(encoded, padding=True, return_tensors="pt")
-        features = {k: v.to(self.model.device) for k, v in batch.items()}
+        torch = self._torch
+        device = self.model.device
+        features = {k: torch.from_numpy(v).to(device) for k, v in self.pad(encoded).items()}
         with self._torch.inference_mode():
-            out = self.model(features)["sentence_embedding"]
-        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+            out = self.model(features)["sentence_embedding"].float()
+            if self._renormalize:
+                # A half-precision Normalize leaves norms up to ~4e-3 from one (bfloat16 keeps 8
+                # bits); the model's promise is unit length, kept here in float32.
+                out = torch.nn.functional.normalize(out, dim=1)
+        return np.asarray(out.cpu().numpy(), dtype=np.float32)
+
+
+class NullModel:
+    """The server without a model: the real tokenizer, then zero vectors of the model's width.
+    What the server does around the model costs the same; what it reaches is its own ceiling."""
+
+    runtime = "null model (no model work)"
+
+    def __init__(self, model_dir: Path, config: dict[str, Any]) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        width = config.get("hidden_size") or config.get("d_model") or 384
+        self._width = int(width)
+        self.model: list[object] = []
+        self.vocab_size = len(self.tokenizer)
+        self.dtype = "float32"
+
+    def dimension(self) -> int:
+        return self._width
+
+    def tokenize(self, texts: list[str]) -> Encoded:
+        enc = self.tokenizer(
+            texts, add_special_tokens=True, truncation=False, padding=False, verbose=False
+        )
+        return {k: list(v) for k, v in enc.items()}
+
+    def embed(self, encoded: Encoded) -> npt.NDArray[np.float32]:
+        vectors = np.zeros((len(encoded["input_ids"]), self._width), dtype=np.float32)
+        vectors[:, 0] = 1.0  # unit length, as a normalized model's
+        return vectors

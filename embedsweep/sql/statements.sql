@@ -48,6 +48,13 @@ INSERT INTO fidelity_checks (
     overlength, verdict, findings
 ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
+-- name: insert_harness
+INSERT INTO harness_checks (
+    run_id, chunk_size, concurrency, batch, server_inputs_per_s, direct_inputs_per_s, ratio,
+    direct_threads, dtype, device, runtime, model_threads, model_threads_now, thread_changes,
+    frontend, note
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
 -- name: insert_preflight_reason
 INSERT INTO preflight_reasons (
     run_id, engine, engine_version, architecture, verdict, max_input_tokens, fallback_engine,
@@ -150,7 +157,17 @@ SELECT
     stopped_reason,
     host_other_cpu_cores,
     host_load_1m,
-    host_quiet
+    host_quiet,
+    (SELECT h.ratio FROM harness_checks AS h WHERE h.run_id = v_results.run_id)
+        AS harness_ratio,
+    (SELECT h.direct_inputs_per_s FROM harness_checks AS h WHERE h.run_id = v_results.run_id)
+        AS harness_direct_inputs_per_s,
+    (SELECT h.concurrency FROM harness_checks AS h WHERE h.run_id = v_results.run_id)
+        AS harness_concurrency,
+    (SELECT h.dtype FROM harness_checks AS h WHERE h.run_id = v_results.run_id)
+        AS harness_dtype,
+    (SELECT h.note FROM harness_checks AS h WHERE h.run_id = v_results.run_id)
+        AS harness_note
 FROM v_results
 WHERE CASE
     WHEN CAST(? AS VARCHAR) IS NULL THEN is_latest

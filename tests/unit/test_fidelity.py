@@ -10,13 +10,21 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from embedsweep import fidelity
-from embedsweep.fidelity import Endpoint, probe, probe_texts, served_dtype, threshold_for
+from embedsweep.fidelity import (
+    Endpoint,
+    logged_dtype,
+    probe,
+    probe_texts,
+    served_dtype,
+    threshold_for,
+)
 
 DIM = 16
 LIMIT = 40
@@ -214,8 +222,28 @@ def test_thresholds_follow_the_served_dtype() -> None:
     assert threshold_for("float16") == threshold_for("bfloat16") == 0.999
     assert served_dtype("vllm", "auto", on_gpu=True, stored="float32") == "float16"
     assert served_dtype("vllm", "auto", on_gpu=True, stored="bfloat16") == "bfloat16"
-    assert served_dtype("vllm", "auto", on_gpu=False, stored="float32") == "float32"
+    # vLLM 0.32's CPU build serves a float32 pooling model in float16 too (its start-up line in
+    # the test below says so).
+    assert served_dtype("vllm", "auto", on_gpu=False, stored="float32") == "float16"
     assert served_dtype("hf", "float16", on_gpu=True, stored="float32") == "float16"
+    assert served_dtype("hf", "auto", on_gpu=True, stored="float32") == "float16"
+    assert served_dtype("infinity", "auto", on_gpu=False, stored="float32") == "float32"
+
+
+def test_the_dtype_an_engine_logged_wins(tmp_path: Path) -> None:
+    # vLLM 0.32.0's CPU build serving all-MiniLM-L6-v2 with --dtype auto (its EngineCore line,
+    # shortened).
+    log = tmp_path / "server.log"
+    log.write_text(
+        "(APIServer pid=7389) WARNING 12-02 18:01:52 [cpu.py:224] Triton is not installed.\n"
+        "(EngineCore pid=7497) INFO 12-02 18:01:59 [core.py:133] Initializing a V1 LLM engine "
+        "(v0.32.0) with config: model='/m', speculative_config=None, tokenizer='/m', "
+        "trust_remote_code=False, dtype=torch.float16, max_seq_len=256, download_dir=None\n"
+    )
+    assert logged_dtype(log) == "float16"
+    log.write_text("INFO nothing about dtypes here, dtype=auto\n")
+    assert logged_dtype(log) is None
+    assert logged_dtype(tmp_path / "missing.log") is None
 
 
 def test_cosine_just_below_the_threshold_fails(endpoint: tuple[Endpoint, _Endpoint]) -> None:

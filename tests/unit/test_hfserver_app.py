@@ -1,6 +1,6 @@
 """The built-in server's app when its model fails: a 500 in vLLM's body, and the next request is
-served. The model is a stand-in (a real one cannot be made to fail on request); the app and the
-batcher are the real ones."""
+served. The model is a stand-in (a real one cannot be made to fail on request); the app, the
+batcher and the HTTP server (on a real port, in a thread) are the real ones."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 import pytest
-from starlette.testclient import TestClient
+from hfserver_http import HttpClient, serving
 
 from embedsweep.hfserver.app import build_app
 from embedsweep.hfserver.batcher import Batcher
@@ -31,18 +31,18 @@ class FailingOnBoomStandIn:
 
 
 @pytest.fixture
-def http() -> Iterator[TestClient]:
+def http() -> Iterator[HttpClient]:
     batcher = Batcher(FailingOnBoomStandIn(), max_input_tokens=16)
     batcher.start()
     app = build_app(batcher, served_name="m", api_key=None, served=Served(dimension=4))
     try:
-        with TestClient(app, raise_server_exceptions=False) as client:
-            yield client
+        with serving(app) as url:
+            yield HttpClient(url)
     finally:
         batcher.stop()
 
 
-def test_a_model_failure_is_vllms_500_and_the_server_goes_on(http: TestClient) -> None:
+def test_a_model_failure_is_vllms_500_and_the_server_goes_on(http: HttpClient) -> None:
     failed = http.post("/v1/embeddings", json={"input": "boom"})
     assert failed.status_code == 500
     assert failed.json() == {

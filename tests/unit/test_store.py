@@ -950,3 +950,38 @@ def test_a_fidelity_probe_is_stored_and_marks_the_figures(
     assert rows["run-unfaithful"]["fidelity_failed"] is True
     assert rows["run-unfaithful"]["fidelity_findings"][0]["code"] == "vectors_differ"
     assert rows["run-unprobed"]["fidelity_failed"] is False
+
+
+def test_a_harness_check_is_stored_and_reaches_the_report_rows(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    from embedsweep.records import HarnessCheck
+
+    check = HarnessCheck(
+        chunk_size=32,
+        concurrency=16,
+        batch=16,
+        server_inputs_per_s=320.0,
+        direct_inputs_per_s=350.0,
+        ratio=320.0 / 350.0,
+        direct_threads=2,
+        dtype="bfloat16",
+        device="cpu",
+        runtime="torch eager, sdpa attention",
+        model_threads=2,
+        model_threads_now=2,
+        thread_changes=0,
+        frontend="asyncio loop and tokenizer between the model's batches",
+    )
+    m = manifest("run-hf", harness=check)
+    ingest_run(warehouse, write_run(tmp_path, m, request_table(m)))
+    ingest_run(warehouse, write_run(tmp_path, manifest("run-other", cell_id="c2")))
+    [(ratio, dtype, threads)] = warehouse.execute(
+        "SELECT ratio, dtype, model_threads FROM harness_checks WHERE run_id = 'run-hf'"
+    ).fetchall()
+    assert (round(ratio, 4), dtype, threads) == (0.9143, "bfloat16", 2)
+    rows = {r["run_id"]: r for r in report_rows(warehouse)}
+    assert rows["run-hf"]["harness_ratio"] == pytest.approx(320 / 350)
+    assert rows["run-hf"]["harness_direct_inputs_per_s"] == 350.0
+    assert rows["run-hf"]["harness_concurrency"] == 16
+    assert rows["run-other"]["harness_ratio"] is None

@@ -1,0 +1,92 @@
+"""Where the built-in server puts its work: the model's threads from the cores it is given, the
+CPU dtype from what the CPU computes natively, and the governor that gives a core back when
+another process takes it. The governor's samples are given here (the rule is the subject); the
+real server under a real busy process is in tests/integration/test_hfserver_placement.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from embedsweep.hfserver.placement import ThreadGovernor, choose, cpu_has_bf16
+
+HZ = 100
+
+
+def test_a_cpu_model_gets_the_given_cores_and_bfloat16_only_where_native() -> None:
+    native = choose("cpu", "auto", cores=2, bf16=True)
+    assert (native.dtype, native.model_threads, native.cores) == ("bfloat16", 2, 2)
+    assert choose("cpu", "auto", cores=8, bf16=False).dtype == "float32"
+    assert choose("cpu", "float32", cores=2, bf16=True).dtype == "float32"
+    assert choose("cpu", "auto", cores=4, model_threads=3).model_threads == 3
+    assert "other 1 core(s)" in choose("cpu", "auto", cores=4, model_threads=3).frontend
+
+
+def test_a_gpu_model_is_half_precision_by_default() -> None:
+    assert choose("cuda", "auto", cores=16).dtype == "float16"
+    assert choose("cuda", "auto", stored_dtype="bfloat16", cores=16).dtype == "bfloat16"
+    assert choose("cuda:1", "float32", cores=16).dtype == "float32"
+    assert choose("cuda", "auto", cores=16).model_threads == 1
+
+
+def test_cpuinfo_flags_tell_native_bfloat16(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert cpu_has_bf16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+    assert not cpu_has_bf16(info)
+    assert not cpu_has_bf16(tmp_path / "missing")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("other_cores", "threads"),
+    [(0.0, 2), (0.3, 2), (0.67, 1), (1.0, 1), (1.9, 1)],
+)
+def test_the_governor_leaves_other_processes_their_cores(other_cores: float, threads: int) -> None:
+    clock = Clock()
+    set_to: list[int] = []
+    busy = own = 0
+
+    def sample() -> tuple[int, int]:
+        return busy, own
+
+    governor = ThreadGovernor(
+        choose("cpu", "auto", cores=2, bf16=True), set_to.append, sample=sample, clock=clock
+    )
+    assert governor.tick() == 2  # the first look only takes a sample
+    clock.now += 1.0
+    own += 150  # the model used 1.5 cores ...
+    busy += 150 + int(other_cores * HZ)  # ... and others the rest
+    assert governor.tick() == threads
+    assert set_to == ([] if threads == 2 else [threads])
+    assert governor.other_cores == pytest.approx(other_cores, abs=0.01)
+
+
+def test_the_governor_goes_back_up_only_when_the_core_is_clearly_free() -> None:
+    clock = Clock()
+    set_to: list[int] = []
+    samples = iter([(0, 0), (200, 100), (345, 200), (445, 300)])
+    governor = ThreadGovernor(
+        choose("cpu", "auto", cores=2, bf16=True), set_to.append, sample=lambda: next(samples),
+        clock=clock,
+    )  # fmt: skip
+    governor.tick()
+    clock.now = 1.0
+    assert governor.tick() == 1  # others: 1.0 core
+    clock.now = 2.0
+    assert governor.tick() == 1  # others: 0.45, near the boundary: stays
+    clock.now = 2.5
+    assert governor.tick() == 1  # not due yet (one look a second)
+    clock.now = 3.0
+    assert governor.tick() == 2  # others: 0.0
+    assert set_to == [1, 2]
+    assert governor.changes == 2
