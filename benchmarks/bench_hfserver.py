@@ -161,7 +161,8 @@ def served(
     if name == "vllm":
         for line in log.read_text(errors="replace").splitlines():
             if "dtype=" in line and "non-default" not in line:
-                how = "vLLM " + line[line.index("dtype=") :].split(",")[0]
+                computed = line[line.index("dtype=") :].split(",")[0].removeprefix("dtype=torch.")
+                how = f"--dtype {dtype or args.dtype}: computes {computed}"
                 break
     return out, how
 
@@ -171,11 +172,10 @@ def _engines(args: argparse.Namespace, placement_dtype: str) -> list[str]:
         return []
     if args.engines:
         return [e for e in args.engines.split(",") if e]
-    return sorted(
-        ref
-        for ref, found in engine_envs.installed(args.engines_root).items()
-        if found.engine == "vllm"
-    )
+    # Each vLLM at its own default dtype and at the built-in server's (equal precision).
+    found = engine_envs.installed(args.engines_root)
+    refs = sorted(ref for ref, engine in found.items() if engine.engine == "vllm")
+    return [f"{ref}:{dtype}" for ref in refs for dtype in dict.fromkeys(("auto", placement_dtype))]
 
 
 def null_ceiling(args: argparse.Namespace, model_dir: Path, calibrator: Calibrator) -> None:

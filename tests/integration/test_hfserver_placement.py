@@ -107,3 +107,19 @@ def test_a_busy_process_takes_a_thread_and_gives_it_back(
     assert after["thread_changes"] > during["thread_changes"]
     log = server.log_path.read_text()
     assert "the model now runs 1 thread(s)" in log
+
+
+def test_the_servers_own_tokenizing_is_the_wrappers(minilm_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from embedsweep.hfserver.embedder import tokenizer_function
+
+    wrapper = AutoTokenizer.from_pretrained(str(minilm_dir))
+    texts = ["hello world", "Привет мир 你好", "word " * 300, "", "tabs\tand\nnewlines  two"]
+    expected = wrapper(texts, add_special_tokens=True, truncation=False, padding=False)
+    got = tokenizer_function(wrapper)(texts)
+    assert got == {key: list(values) for key, values in expected.items()}
+    assert len(got["input_ids"][2]) == 302  # tokenizer.json truncates at 128: not here
+    assert tokenizer_function(wrapper)(["word " * 300]) == {
+        key: [values[2]] for key, values in got.items()
+    }
