@@ -46,6 +46,7 @@ from embedsweep.report_model import (
     summary_line,
     sweeps,
     valid_runs,
+    with_open_loop,
     with_sweep,
 )
 
@@ -92,12 +93,10 @@ def _md_cell(text: str) -> str:
 
 def _md_table(columns: Sequence[Column], rows: Sequence[ReportRow]) -> str:
     lines = [
-        "| " + " | ".join(_md_cell(h) for h, _, _ in columns) + " |",
-        "|" + "|".join("---:" if r else "---" for _, _, r in columns) + "|",
+        "| " + " | ".join(_md_cell(c.header) for c in columns) + " |",
+        "|" + "|".join("---:" if c.right else "---" for c in columns) + "|",
     ]
-    lines.extend(
-        "| " + " | ".join(_md_cell(fmt(row)) for _, fmt, _ in columns) + " |" for row in rows
-    )
+    lines.extend("| " + " | ".join(_md_cell(c.cell(row)) for c in columns) + " |" for row in rows)
     return "\n".join(lines)
 
 
@@ -146,12 +145,14 @@ def _print_table(
     fold: bool = False,
 ) -> None:
     table = Table(title=title, box=box.SIMPLE_HEAD)
-    for header, _, right in columns:
+    for column in columns:
         table.add_column(
-            header, justify="right" if right else "left", overflow="fold" if fold else "ellipsis"
+            column.header,
+            justify="right" if column.right else "left",
+            overflow="fold" if fold else "ellipsis",
         )
     for row in rows:
-        table.add_row(*(fmt(row) for _, fmt, _ in columns))
+        table.add_row(*(column.cell(row) for column in columns))
     console.print(table)
 
 
@@ -160,7 +161,8 @@ def _rich(rows: Sequence[ReportRow], width: int) -> str:
     # A StringIO console is not a terminal: rich writes plain text with no colour codes.
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
     if rows:
-        _print_table(console, "Comparison", with_sweep(COMPARISON_COLUMNS, rows), rows)
+        columns = with_sweep(with_open_loop(COMPARISON_COLUMNS, rows), rows)
+        _print_table(console, "Comparison", columns, rows)
         for note in notes(rows):
             console.print(note)
     else:

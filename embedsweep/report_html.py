@@ -18,6 +18,7 @@ from embedsweep.report_model import (
     FIDELITY_FAILED,
     FIDELITY_SECTION_NOTE,
     FULL_COLUMNS,
+    MISSING,
     NO_PRICES_NOTE,
     PROBLEM_COLUMNS,
     SERVER_COLUMNS,
@@ -302,7 +303,7 @@ def bar_chart(title: str, value_label: str, bars: Sequence[tuple[str, float, str
 # --- the page ---------------------------------------------------------------------------------
 
 _CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px;color:#1a1a1a;
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:16px;color:#1a1a1a;
 background:#fff;line-height:1.4}
 h1{margin:0 0 4px;font-size:24px}h2{margin:28px 0 8px;font-size:19px;border-bottom:1px solid #ddd;
 padding-bottom:4px}h3{margin:12px 0 4px;font-size:15px}
@@ -315,9 +316,10 @@ padding-bottom:4px}h3{margin:12px 0 4px;font-size:15px}
 .note{color:#555;font-style:italic}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;font-size:12px;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #ddd;padding:3px 6px;white-space:nowrap}
-th{background:#f3f3f3;position:sticky;top:0}td.num{text-align:right}
-td.msg{white-space:normal;max-width:520px}
+th,td{border:1px solid #ddd;padding:3px;white-space:nowrap}
+th{background:#f3f3f3;position:sticky;top:0;white-space:normal;vertical-align:bottom;font-size:11px}
+td.num{text-align:right}
+td.txt{white-space:normal}td.code{white-space:normal;overflow-wrap:anywhere}td.msg{white-space:normal;max-width:520px}
 tr.s-blocked td{background:#fff8eb}
 tr.s-failed td,tr.s-cancelled td,tr.s-fidelity_failed td{background:#fdf0f0}
 """
@@ -485,14 +487,18 @@ def _cost_chart(rows: Sequence[ReportRow]) -> str | None:
 
 
 def _table(columns: Sequence[Column], rows: Sequence[ReportRow], css_class: str) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h, _, _ in columns)
+    # A header's longest word sets a narrow column's width: "mismatch" may break too.
+    head = "".join(
+        f"<th>{escape(c.header).replace('mismatch', 'mis&shy;match')}</th>" for c in columns
+    )
     body = []
     for row in rows:
         cells = []
-        for header, fmt, right in columns:
-            kind = "num" if right else ("msg" if header == "message" else "")
-            attr = f' class="{kind}"' if kind else ""
-            cells.append(f"<td{attr}>{escape(fmt(row))}</td>")
+        for column in columns:
+            kind = "num" if column.right else "code" if column.code else "txt"
+            if column.header == "message":
+                kind = "msg"
+            cells.append(f'<td class="{kind}">{escape(column.cell(row))}</td>')
         status = escape(str(row.get("status") or ""), quote=True)
         if row.get("fidelity_failed"):
             status = FIDELITY_FAILED
@@ -501,6 +507,29 @@ def _table(columns: Sequence[Column], rows: Sequence[ReportRow], css_class: str)
         f'<div class="scroll"><table class="{css_class}"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
+
+
+def _comparison(rows: Sequence[ReportRow]) -> str:
+    # Every figure a row carries, in a table that fits a 1400 px window: a column no row has a
+    # figure for (offered rate and lag without an open loop, fidelity without a probe) is left
+    # out and named under the table, rather than drawn as a column of dashes.
+    # A column that reads the same in every row (batch 1, mode closed, no token mismatch) is
+    # said once above the table.
+    columns = with_sweep(FULL_COLUMNS, rows)
+    kept, same, empty = [], [], []
+    for column in columns:
+        cells = {column.cell(row) for row in rows}
+        if cells <= {MISSING, ""}:
+            empty.append(column.header)
+        elif len(cells) == 1 and len(rows) > 1:
+            same.append(f"{column.header} {cells.pop()}")
+        else:
+            kept.append(column)
+    out = _note(f"The same in every row: {' · '.join(same)}.") if same else ""
+    out += _table(kept, rows, "comparison")
+    if empty:
+        out += _note(f"Left out, no row has a figure for them: {', '.join(empty)}.")
+    return out
 
 
 def _section(section_id: str, title: str, body: str) -> str:
@@ -570,9 +599,7 @@ def render_html(rows: Sequence[ReportRow]) -> str:
                 + _table(with_sweep(FIDELITY_COLUMNS, rows), checked, "fidelity"),
             )
         )
-    comparison = (
-        _table(with_sweep(FULL_COLUMNS, rows), rows, "comparison") if rows else _note("No results.")
-    )
+    comparison = _comparison(rows) if rows else _note("No results.")
     for note in notes(rows):
         comparison += _note(note)
     sections.append(_section("comparison", "Comparison", comparison))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -22,7 +23,9 @@ __all__ = [
     "FIDELITY_SECTION_NOTE",
     "FULL_COLUMNS",
     "INVALID_NOTE",
+    "MISSING",
     "NO_PRICES_NOTE",
+    "OPEN_LOOP_COLUMNS",
     "PEAK_COLUMNS",
     "PROBLEM_COLUMNS",
     "SERVERS_NOTE",
@@ -42,12 +45,15 @@ __all__ = [
     "summary_line",
     "sweeps",
     "valid_runs",
+    "with_open_loop",
     "with_sweep",
 ]
 
 ReportRow = dict[str, Any]
 
-_DASH = "-"
+# What a table shows for a figure a row lacks.
+MISSING = "-"
+_DASH = MISSING
 
 
 def finite_number(value: object) -> float | int | None:
@@ -67,8 +73,11 @@ def _integer(value: object) -> str:
 
 def _rate(value: object) -> str:
     # Requests per second of a small CPU model are single digits; one decimal keeps them apart.
+    # Past a thousand the decimal is noise and only widens the column.
     number = finite_number(value)
-    return _DASH if number is None else f"{number:,.1f}"
+    if number is None:
+        return _DASH
+    return f"{number:,.1f}" if abs(number) < 1000 else f"{number:,.0f}"
 
 
 def _tokens(value: object) -> str:
@@ -77,11 +86,23 @@ def _tokens(value: object) -> str:
 
 
 def _millis(value: object) -> str:
-    # Sub-10 ms latencies differ in the second decimal; above that it is noise.
+    # Three significant figures: sub-10 ms latencies differ in the second decimal, 10-100 ms in
+    # the first; past 100 ms a decimal is noise.
     number = finite_number(value)
     if number is None:
         return _DASH
-    return f"{number:.2f}" if abs(number) < 10 else f"{number:,.1f}"
+    if abs(number) < 10:
+        return f"{number:.2f}"
+    return f"{number:.1f}" if abs(number) < 100 else f"{number:,.0f}"
+
+
+def _open_loop(row: ReportRow, field: str, fmt: Callable[[object], str]) -> str:
+    """A figure only an open loop has (offered rate, lag behind the schedule): empty for a
+    closed-loop level, where it does not apply (its requests start when they are due, so its lag
+    reads 0 but means nothing), and a dash for a row with no level at all."""
+    if row.get("mode") == "open":
+        return fmt(row.get(field))
+    return "" if finite_number(row.get("concurrency")) is not None else _DASH
 
 
 def _text(value: object) -> str:
@@ -90,9 +111,11 @@ def _text(value: object) -> str:
 
 def _money(value: object) -> str:
     # A small CPU model costs dollars per million tokens, a big GPU fractions of a cent: keep
-    # four significant figures either way.
+    # three significant figures either way.
     number = finite_number(value)
-    return _DASH if number is None else f"{number:.4g}"
+    if number is None:
+        return _DASH
+    return f"{number:.3g}" if abs(number) < 1000 else f"{number:,.0f}"
 
 
 def _status(row: ReportRow) -> str:
@@ -141,115 +164,132 @@ def _finding_codes(row: ReportRow) -> str:
     return ", ".join(str(f.get("code")) for f in findings if isinstance(f, dict)) or _DASH
 
 
-Column = tuple[str, Callable[[ReportRow], str], bool]
+@dataclass(frozen=True)
+class Column:
+    """One column of a report table: its header, how a row reads in it, and its alignment."""
 
-# (header, formatter, right-aligned) for the terminal table, which must fit a terminal.
+    header: str
+    cell: Callable[[ReportRow], str]
+    right: bool = False
+    # Its cells are codes (unsupported_architecture, tokens_without_special): one long word that
+    # a table too narrow for it may break anywhere.
+    code: bool = False
+
+
+# The terminal table, which must fit a terminal.
 COMPARISON_COLUMNS: tuple[Column, ...] = (
-    ("model", lambda r: _text(r.get("model")), False),
-    ("engine", lambda r: _text(r.get("engine")), False),
-    ("pool", lambda r: _text(r.get("pool")), False),
-    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    ("conc", lambda r: _integer(r.get("concurrency")), True),
-    ("status", _status, False),
-    ("reason", lambda r: _text(r.get("reason")), False),
-    ("rps", lambda r: _rate(r.get("throughput_rps")), True),
-    ("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
-    ("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
-    ("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
-    ("fidelity", _fidelity, False),
+    Column("model", lambda r: _text(r.get("model")), False),
+    Column("engine", lambda r: _text(r.get("engine")), False),
+    Column("pool", lambda r: _text(r.get("pool")), False),
+    Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
+    Column("conc", lambda r: _integer(r.get("concurrency")), True),
+    Column("status", _status, False),
+    Column("reason", lambda r: _text(r.get("reason")), code=True),
+    Column("rps", lambda r: _rate(r.get("throughput_rps")), True),
+    Column("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
+    Column("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
+    Column("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
+    Column("fidelity", _fidelity, False),
+)
+
+# What an open-loop level adds to the terminal table: its offered rate (its "conc" is then
+# only the cap on connections) and the client's lag behind the schedule.
+OPEN_LOOP_COLUMNS: tuple[Column, ...] = (
+    Column("offered rps", lambda r: _open_loop(r, "offered_rps", _rate), True),
+    Column("lag p99 ms", lambda r: _open_loop(r, "lag_p99_ms", _millis), True),
 )
 
 # Every figure a row carries, for the formats read in a browser (markdown artifact, HTML page),
 # where a wide table scrolls instead of wrapping.
 FULL_COLUMNS: tuple[Column, ...] = (
-    ("model", lambda r: _text(r.get("model")), False),
-    ("engine", lambda r: _engine_route(r), False),
-    ("pool", lambda r: _text(r.get("pool")), False),
-    ("gpu", lambda r: _text(r.get("gpu_model")), False),
-    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    ("batch", lambda r: _integer(r.get("batch_size")), True),
-    ("mode", lambda r: _text(r.get("mode")), False),
-    ("conc", lambda r: _integer(r.get("concurrency")), True),
-    ("offered rps", lambda r: _rate(r.get("offered_rps")), True),
-    ("status", _status, False),
-    ("reason", lambda r: _text(r.get("reason")), False),
-    ("rps", lambda r: _rate(r.get("throughput_rps")), True),
-    ("inputs/s", lambda r: _rate(r.get("inputs_per_s")), True),
-    ("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
-    ("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
-    ("p90 ms", lambda r: _millis(r.get("p90_ms")), True),
-    ("p95 ms", lambda r: _millis(r.get("p95_ms")), True),
-    ("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
-    ("max ms", lambda r: _millis(r.get("max_ms")), True),
-    ("mean ms", lambda r: _millis(r.get("mean_ms")), True),
-    ("$/M tok", lambda r: _money(r.get("cost_per_million_tokens")), True),
-    ("lag p99 ms", lambda r: _millis(r.get("lag_p99_ms")), True),
-    ("tok mismatch", lambda r: _integer(r.get("prompt_tokens_mismatch")), True),
-    ("usage counts", lambda r: _text(r.get("usage_counting")), False),
-    ("other cores", lambda r: _cores(r.get("host_other_cpu_cores")), True),
-    ("fidelity", _fidelity, False),
-    ("min cosine", lambda r: _cosine(r.get("fidelity_min_cosine")), True),
+    Column("model", lambda r: _text(r.get("model")), False),
+    Column("engine", lambda r: _engine_route(r), False),
+    Column("pool", lambda r: _text(r.get("pool")), False),
+    Column("gpu", lambda r: _text(r.get("gpu_model")), False),
+    Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
+    Column("batch", lambda r: _integer(r.get("batch_size")), True),
+    Column("mode", lambda r: _text(r.get("mode")), False),
+    Column("conc", lambda r: _integer(r.get("concurrency")), True),
+    Column("offered rps", lambda r: _open_loop(r, "offered_rps", _rate), True),
+    Column("status", _status, False),
+    Column("reason", lambda r: _text(r.get("reason")), code=True),
+    Column("rps", lambda r: _rate(r.get("throughput_rps")), True),
+    Column("inputs/s", lambda r: _rate(r.get("inputs_per_s")), True),
+    Column("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
+    Column("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
+    Column("p90 ms", lambda r: _millis(r.get("p90_ms")), True),
+    Column("p95 ms", lambda r: _millis(r.get("p95_ms")), True),
+    Column("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
+    Column("max ms", lambda r: _millis(r.get("max_ms")), True),
+    Column("mean ms", lambda r: _millis(r.get("mean_ms")), True),
+    Column("$/M tok", lambda r: _money(r.get("cost_per_million_tokens")), True),
+    Column("lag p99 ms", lambda r: _open_loop(r, "lag_p99_ms", _millis), True),
+    Column("tok mismatch", lambda r: _integer(r.get("prompt_tokens_mismatch")), True),
+    Column("usage counts", lambda r: _text(r.get("usage_counting")), code=True),
+    Column("other cores", lambda r: _cores(r.get("host_other_cpu_cores")), True),
+    Column("fidelity", _fidelity, False),
+    Column("min cosine", lambda r: _cosine(r.get("fidelity_min_cosine")), True),
 )
 
 # One line per probed run: are the served vectors the model's?
 FIDELITY_COLUMNS: tuple[Column, ...] = (
-    ("model", lambda r: _text(r.get("model")), False),
-    ("engine", lambda r: _engine_route(r), False),
-    ("pool", lambda r: _text(r.get("pool")), False),
-    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    ("verdict", lambda r: _text(r.get("fidelity")), False),
-    ("min cosine", lambda r: _cosine(r.get("fidelity_min_cosine")), True),
-    ("needs", lambda r: _cosine(r.get("fidelity_threshold")), True),
-    ("max |diff|", lambda r: _sci(r.get("fidelity_max_abs_diff")), True),
-    ("batch/order cos", lambda r: _cosine(r.get("fidelity_invariance_min_cosine")), True),
-    ("findings", _finding_codes, False),
+    Column("model", lambda r: _text(r.get("model")), False),
+    Column("engine", lambda r: _engine_route(r), False),
+    Column("pool", lambda r: _text(r.get("pool")), False),
+    Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
+    Column("verdict", lambda r: _text(r.get("fidelity")), False),
+    Column("min cosine", lambda r: _cosine(r.get("fidelity_min_cosine")), True),
+    Column("needs", lambda r: _cosine(r.get("fidelity_threshold")), True),
+    Column("max |diff|", lambda r: _sci(r.get("fidelity_max_abs_diff")), True),
+    Column("batch/order cos", lambda r: _cosine(r.get("fidelity_invariance_min_cosine")), True),
+    Column("findings", _finding_codes, code=True),
 )
 
 PROBLEM_COLUMNS: tuple[Column, ...] = (
-    ("model", lambda r: _text(r.get("model")), False),
-    ("engine", lambda r: _engine_route(r), False),
-    ("pool", lambda r: _text(r.get("pool")), False),
-    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    ("status", lambda r: _text(r.get("status")), False),
-    ("reason", lambda r: _text(r.get("reason")), False),
-    ("message", lambda r: _text(r.get("message")), False),
+    Column("model", lambda r: _text(r.get("model")), False),
+    Column("engine", lambda r: _engine_route(r), False),
+    Column("pool", lambda r: _text(r.get("pool")), False),
+    Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
+    Column("status", lambda r: _text(r.get("status")), False),
+    Column("reason", lambda r: _text(r.get("reason")), code=True),
+    Column("message", lambda r: _text(r.get("message")), False),
 )
 
 # One line per (series, chunk size): the level with the most tokens per second.
 PEAK_COLUMNS: tuple[Column, ...] = (
-    ("model", lambda r: _text(r.get("model")), False),
-    ("engine", lambda r: _text(r.get("engine")), False),
-    ("pool", lambda r: _text(r.get("pool")), False),
-    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    ("batch", lambda r: _integer(r.get("batch_size")), True),
-    ("mode", lambda r: _text(r.get("mode")), False),
-    ("at conc", lambda r: _integer(r.get("concurrency")), True),
-    ("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
-    ("inputs/s", lambda r: _rate(r.get("inputs_per_s")), True),
-    ("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
-    ("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
-    ("status", _status, False),
+    Column("model", lambda r: _text(r.get("model")), False),
+    Column("engine", lambda r: _text(r.get("engine")), False),
+    Column("pool", lambda r: _text(r.get("pool")), False),
+    Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
+    Column("batch", lambda r: _integer(r.get("batch_size")), True),
+    Column("mode", lambda r: _text(r.get("mode")), False),
+    Column("at conc", lambda r: _integer(r.get("concurrency")), True),
+    Column("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
+    Column("inputs/s", lambda r: _rate(r.get("inputs_per_s")), True),
+    Column("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
+    Column("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
+    Column("status", _status, False),
 )
 
 CHEAPEST_COLUMNS: tuple[Column, ...] = (
-    ("model", lambda r: _text(r.get("model")), False),
-    ("engine", lambda r: _text(r.get("engine")), False),
-    ("pool", lambda r: _text(r.get("pool")), False),
-    ("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    ("batch", lambda r: _integer(r.get("batch_size")), True),
-    ("at conc", lambda r: _integer(r.get("concurrency")), True),
-    ("$/M tok", lambda r: _money(r.get("cost_per_million_tokens")), True),
-    ("tokens per $", lambda r: _tokens(_tokens_per_dollar(r)), True),
-    ("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
+    Column("model", lambda r: _text(r.get("model")), False),
+    Column("engine", lambda r: _text(r.get("engine")), False),
+    Column("pool", lambda r: _text(r.get("pool")), False),
+    Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
+    Column("batch", lambda r: _integer(r.get("batch_size")), True),
+    Column("at conc", lambda r: _integer(r.get("concurrency")), True),
+    Column("$/M tok", lambda r: _money(r.get("cost_per_million_tokens")), True),
+    Column("tokens per $", lambda r: _tokens(_tokens_per_dollar(r)), True),
+    Column("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
 )
 
 # One line per engine server: every chunk size of a (model, engine, pool) ran on one.
 SERVER_COLUMNS: tuple[Column, ...] = (
-    ("model", lambda r: _text(r.get("model")), False),
-    ("engine", lambda r: _text(r.get("engine")), False),
-    ("pool", lambda r: _text(r.get("pool")), False),
-    ("chunk sizes", lambda r: ", ".join(str(c) for c in r.get("chunk_sizes", ())), False),
-    ("healthy after s", lambda r: _rate(r.get("server_startup_s")), True),
+    Column("model", lambda r: _text(r.get("model")), False),
+    Column("engine", lambda r: _text(r.get("engine")), False),
+    Column("pool", lambda r: _text(r.get("pool")), False),
+    Column("chunk sizes", lambda r: ", ".join(str(c) for c in r.get("chunk_sizes", ())), False),
+    Column("healthy after s", lambda r: _rate(r.get("server_startup_s")), True),
 )
 
 INVALID_NOTE = "ok* = the level ran but failed its validity checks (token counts or concurrency)."
@@ -417,7 +457,19 @@ def with_sweep(columns: Sequence[Column], rows: Sequence[ReportRow]) -> tuple[Co
     same model, engine and chunk size can then appear once per sweep)."""
     if len(sweeps(rows)) <= 1:
         return tuple(columns)
-    return (("sweep", lambda r: _text(r.get("sweep")), False), *columns)
+    return (Column("sweep", lambda r: _text(r.get("sweep"))), *columns)
+
+
+def with_open_loop(columns: Sequence[Column], rows: Sequence[ReportRow]) -> tuple[Column, ...]:
+    """``columns`` with ``OPEN_LOOP_COLUMNS`` after "conc" when some row is an open-loop level."""
+    if not any(row.get("mode") == "open" for row in rows):
+        return tuple(columns)
+    out: list[Column] = []
+    for column in columns:
+        out.append(column)
+        if column.header == "conc":
+            out.extend(OPEN_LOOP_COLUMNS)
+    return tuple(out)
 
 
 def servers(rows: Sequence[ReportRow]) -> list[ReportRow]:

@@ -4,6 +4,8 @@ charts. Needs Debian's chromium (``apt-get install -y chromium``)."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import struct
 import subprocess
@@ -12,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from two_sweeps import build_warehouse
 
 from embedsweep.report import render
+from embedsweep.store import open_warehouse, report_rows
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +191,68 @@ def test_dumped_dom_holds_the_charts_and_escaped_names(report_file: Path, tmp_pa
     assert "<script>alert(1)" not in dom
     assert "unsupported_architecture" in dom
     assert "out_of_memory" in dom
+
+
+# Added to a copy of a page, never to the report (which has no scripts): after layout, the
+# widths that say whether the comparison table fits the window.
+_MEASURE = """<script>addEventListener("load", () => {
+  const table = document.querySelector("table.comparison"), box = table.parentElement;
+  const out = document.createElement("pre");
+  out.id = "measured";
+  out.textContent = JSON.stringify({
+    window: document.documentElement.clientWidth, page: document.documentElement.scrollWidth,
+    right: table.getBoundingClientRect().right, box: box.clientWidth, inside: box.scrollWidth});
+  document.body.appendChild(out);
+});</script>"""
+
+
+def _open_loop_and_fidelity_rows() -> list[dict[str, Any]]:
+    """The GPU rows with every column the comparison has filled in: open-loop levels (offered
+    rate, lag), fidelity verdicts, Infinity's usage rule and the host's other cores."""
+    rows = _rows()
+    for i, row in enumerate(rows):
+        row["fidelity"] = "passed"
+        row["fidelity_min_cosine"] = 0.99999 + i * 1e-8
+        row["usage_counting"] = "tokens_without_special" if row["engine"] == "tei" else "tokens"
+        row["host_other_cpu_cores"] = 0.01 * (i % 7)
+        if row["engine"] == "tei" and row["chunk_size"] == 512:
+            row.update(mode="open", offered_rps=250.0 * (1 + i % 7), lag_p99_ms=0.5 + i % 3)
+    return rows
+
+
+def _warehouse_rows(root: Path) -> list[dict[str, Any]]:
+    con = open_warehouse(build_warehouse(root), read_only=True)
+    try:
+        return report_rows(con)
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("case", ["gpu sweep", "open loop and fidelity", "two sweeps"])
+def test_the_comparison_table_fits_a_1400_px_window(
+    report_file: Path, tmp_path: Path, case: str
+) -> None:
+    rows = {
+        "gpu sweep": _rows,
+        "open loop and fidelity": _open_loop_and_fidelity_rows,
+        "two sweeps": lambda: _warehouse_rows(tmp_path),
+    }[case]()
+    page = tmp_path / "measured.html"
+    page.write_text(render(rows, "html").replace("</body>", _MEASURE + "</body>"), "utf-8")
+
+    done = _chromium(
+        "--window-size=1400,2000",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        page.as_uri(),
+        profile=tmp_path / "profile",
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r'<pre id="measured">(.*?)</pre>', done.stdout, re.S)
+    assert found, done.stdout[-2000:]
+    measured = json.loads(found.group(1))
+    # No horizontal scrolling: not the page's, not the table's own box.
+    assert measured["page"] <= measured["window"], measured
+    assert measured["inside"] <= measured["box"], measured
+    assert measured["right"] <= measured["window"], measured

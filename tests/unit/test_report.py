@@ -4,6 +4,7 @@ HTML page has its own tests in test_report_html.py)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -108,8 +109,8 @@ def test_markdown_comparison_carries_every_figure() -> None:
         "|---|---|---|---|---:|---:|---|---:|---:|---|---|" + "---:|" * 12 + "---|---:|---|---:|"
     )
     assert lines[2] == (
-        "| e5-base-v2 | vllm | a100 | NVIDIA A100 | 512 | 1 | - | 16 | - | ok | - | 812.3 "
-        "| 812.3 | 415,921 | 4.57 | 9.10 | - | 123.5 | - | 5.00 | 0.0012 | - | 0 | - | - | - | - |"
+        "| e5-base-v2 | vllm | a100 | NVIDIA A100 | 512 | 1 | - | 16 |  | ok | - | 812.3 "
+        "| 812.3 | 415,921 | 4.57 | 9.10 | - | 123 | - | 5.00 | 0.0012 |  | 0 | - | - | - | - |"
     )
     assert lines[3].startswith(
         "| NV-Embed-v2 | hf (planned vllm) | a100 | NVIDIA A100 | 512 | 1 | - | - | - | blocked "
@@ -203,7 +204,7 @@ def test_table_shows_formatted_numbers_and_blocked_cells() -> None:
         "812.3",
         "415,921",
         "4.57",
-        "123.5",
+        "123",
         "-",
     ]
     assert "unsupported_architecture" in blocked
@@ -232,7 +233,7 @@ def test_table_of_no_rows_says_so() -> None:
 
 @pytest.mark.parametrize(
     ("value", "shown"),
-    [(float("nan"), "-"), (True, "-"), (1234.5, "1,234.5"), (7, "7.00"), (None, "-")],
+    [(float("nan"), "-"), (True, "-"), (1234.6, "1,235"), (7, "7.00"), (None, "-")],
 )
 def test_odd_values_render_as_missing_or_formatted(value: object, shown: str) -> None:
     text = render([row(p99_ms=value)], "table", width=200)
@@ -357,3 +358,64 @@ def test_a_level_of_a_busy_host_is_flagged_and_a_quiet_one_is_not() -> None:
     assert "| ok (busy host) |" in markdown
     assert "| 0.97 |" in markdown
     assert "busy host" not in render([quiet], "markdown")
+
+
+CLOSED = row(mode="closed", offered_rps=None, lag_p99_ms=0.0, run_id="closed")
+OPEN = row(mode="open", concurrency=64, offered_rps=200.0, lag_p99_ms=1.234, run_id="open")
+
+
+def _md_cells(markdown: str, model_rows: int) -> list[dict[str, str]]:
+    lines = _section(markdown, "Comparison")
+    headers = [h.strip() for h in lines[0].strip("|").split("|")]
+    return [
+        dict(zip(headers, (c.strip() for c in line.strip("|").split("|")), strict=True))
+        for line in lines[2 : 2 + model_rows]
+    ]
+
+
+def _html_cells(page: str) -> list[dict[str, str]]:
+    table = page.split('<table class="comparison">')[1].split("</table>")[0]
+    headers = [re.sub("<[^>]+>|&shy;", "", h) for h in re.findall(r"<th>(.*?)</th>", table)]
+    return [
+        dict(zip(headers, re.findall(r"<td[^>]*>(.*?)</td>", tr), strict=True))
+        for tr in re.findall(r"<tr class=[^>]*>(.*?)</tr>", table)
+    ]
+
+
+def test_a_closed_loop_level_leaves_the_open_loop_figures_empty_in_every_format() -> None:
+    rows = [CLOSED, OPEN, BLOCKED]
+
+    closed, opened, blocked = _md_cells(render(rows, "markdown"), 3)
+    assert (closed["offered rps"], closed["lag p99 ms"]) == ("", "")
+    assert (opened["offered rps"], opened["lag p99 ms"]) == ("200.0", "1.23")
+    assert (blocked["offered rps"], blocked["lag p99 ms"]) == ("-", "-")
+
+    closed, opened, blocked = _html_cells(render(rows, "html"))
+    assert (closed["offered rps"], closed["lag p99 ms"]) == ("", "")
+    assert (opened["offered rps"], opened["lag p99 ms"]) == ("200.0", "1.23")
+
+    # The terminal table shows the open loop's columns when a row has an open loop.
+    table = render(rows, "table", width=200).splitlines()
+    header = next(line for line in table if "model" in line)
+    assert "offered rps" in header
+    assert "lag p99 ms" in header
+    end = header.index("lag p99 ms") + len("lag p99 ms")
+    closed_line, open_line = (line for line in table if " e5-base-v2 " in line)
+    assert closed_line[end - len("lag p99 ms") : end].strip() == ""
+    assert open_line[end - 4 : end] == "1.23"
+    assert "0.00" not in closed_line
+    assert "offered rps" not in render([CLOSED], "table", width=200)
+
+
+def test_the_html_comparison_says_once_what_every_row_shares_and_drops_empty_columns() -> None:
+    page = render([CLOSED, row(concurrency=4, p99_ms=200.0, run_id="closed")], "html")
+    comparison = page.split('<section id="comparison">')[1]
+
+    headers = re.findall(r"<th>(.*?)</th>", comparison.split("</thead>")[0])
+    assert "conc" in headers
+    for shared in ("model", "engine", "pool", "batch", "offered rps", "lag p99 ms"):
+        assert shared not in headers
+    assert "The same in every row: model e5-base-v2 · engine vllm · pool a100" in comparison
+    left_out = comparison.split("Left out, no row has a figure for them: ")[1].split(".</p>")[0]
+    assert {"offered rps", "reason", "p95 ms", "lag p99 ms"} <= set(left_out.split(", "))
+    assert "p99 ms" in headers
