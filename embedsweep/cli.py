@@ -701,6 +701,8 @@ def report(
     ] = None,
 ) -> None:
     """Compare results: one row per cell and load level."""
+    import shutil
+
     from embedsweep import report as report_mod
     from embedsweep import store
 
@@ -714,7 +716,9 @@ def report(
         rows = store.report_rows(con, sweep_run_id=sweep_run_id)
     finally:
         con.close()
-    text = report_mod.render(rows, fmt)  # type: ignore[arg-type]
+    # The table is as wide as COLUMNS, else the terminal; a pipe or a file gets 160.
+    width = shutil.get_terminal_size((160, 24)).columns
+    text = report_mod.render(rows, fmt, width=width)  # type: ignore[arg-type]
     if output:
         output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     else:
@@ -742,10 +746,11 @@ def sql(
 
     The query sees the warehouse and the run folders only: writes, COPY / EXPORT, ATTACH,
     INSTALL / LOAD, settings, and any other file or network access are refused (exit 2)."""
-    import duckdb
-    from rich.console import Console
-    from rich.table import Table
+    import shutil
 
+    import duckdb
+
+    from embedsweep import report as report_mod
     from embedsweep import store
 
     if (query is None) == (file is None):
@@ -778,10 +783,10 @@ def sql(
     if as_json:
         _echo_json([dict(zip(columns, r, strict=True)) for r in rows])
         return
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    Console().print(table)
+    # As wide as COLUMNS, else the terminal; a pipe or a file gets 160. Floats are rounded for
+    # people here; --json has every digit.
+    width = shutil.get_terminal_size((160, 24)).columns
+    typer.echo(report_mod.render_query(columns, rows, width=width), nl=False)
 
 
 @app.command()

@@ -174,29 +174,37 @@ class Column:
     # Its cells are codes (unsupported_architecture, tokens_without_special): one long word that
     # a table too narrow for it may break anywhere.
     code: bool = False
+    # Where a terminal is too narrow for the whole table, columns are left out highest first;
+    # 0 is never left out.
+    drop: int = 0
+    # Its cells are prose (a message, a list of findings) that a terminal table wraps over
+    # lines; every other column keeps each cell on one line.
+    wrap: bool = False
 
 
-# The terminal table, which must fit a terminal.
+# The terminal table, which must fit the terminal: too narrow a one leaves out the columns with
+# a drop rank, highest first (a fidelity failure still shows in status, a reason in the blocked
+# and failed table, requests/s are tokens/s over the chunk size).
 COMPARISON_COLUMNS: tuple[Column, ...] = (
-    Column("model", lambda r: _text(r.get("model")), False),
-    Column("engine", lambda r: _text(r.get("engine")), False),
-    Column("pool", lambda r: _text(r.get("pool")), False),
+    Column("model", lambda r: _text(r.get("model"))),
+    Column("engine", lambda r: _text(r.get("engine"))),
+    Column("pool", lambda r: _text(r.get("pool")), drop=4),
     Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
     Column("conc", lambda r: _integer(r.get("concurrency")), True),
-    Column("status", _status, False),
-    Column("reason", lambda r: _text(r.get("reason")), code=True),
-    Column("rps", lambda r: _rate(r.get("throughput_rps")), True),
+    Column("status", _status),
+    Column("reason", lambda r: _text(r.get("reason")), code=True, drop=3),
+    Column("rps", lambda r: _rate(r.get("throughput_rps")), True, drop=5),
     Column("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
-    Column("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
+    Column("p50 ms", lambda r: _millis(r.get("p50_ms")), True, drop=2),
     Column("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
-    Column("fidelity", _fidelity, False),
+    Column("fidelity", _fidelity, drop=6),
 )
 
 # What an open-loop level adds to the terminal table: its offered rate (its "conc" is then
 # only the cap on connections) and the client's lag behind the schedule.
 OPEN_LOOP_COLUMNS: tuple[Column, ...] = (
     Column("offered rps", lambda r: _open_loop(r, "offered_rps", _rate), True),
-    Column("lag p99 ms", lambda r: _open_loop(r, "lag_p99_ms", _millis), True),
+    Column("lag p99 ms", lambda r: _open_loop(r, "lag_p99_ms", _millis), True, drop=1),
 )
 
 # Every figure a row carries, for the formats read in a browser (markdown artifact, HTML page),
@@ -239,10 +247,12 @@ FIDELITY_COLUMNS: tuple[Column, ...] = (
     Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
     Column("verdict", lambda r: _text(r.get("fidelity")), False),
     Column("min cosine", lambda r: _cosine(r.get("fidelity_min_cosine")), True),
-    Column("needs", lambda r: _cosine(r.get("fidelity_threshold")), True),
-    Column("max |diff|", lambda r: _sci(r.get("fidelity_max_abs_diff")), True),
-    Column("batch/order cos", lambda r: _cosine(r.get("fidelity_invariance_min_cosine")), True),
-    Column("findings", _finding_codes, code=True),
+    Column("needs", lambda r: _cosine(r.get("fidelity_threshold")), True, drop=1),
+    Column("max |diff|", lambda r: _sci(r.get("fidelity_max_abs_diff")), True, drop=3),
+    Column(
+        "batch/order cos", lambda r: _cosine(r.get("fidelity_invariance_min_cosine")), True, drop=2
+    ),
+    Column("findings", _finding_codes, code=True, wrap=True),
 )
 
 PROBLEM_COLUMNS: tuple[Column, ...] = (
@@ -252,7 +262,7 @@ PROBLEM_COLUMNS: tuple[Column, ...] = (
     Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
     Column("status", lambda r: _text(r.get("status")), False),
     Column("reason", lambda r: _text(r.get("reason")), code=True),
-    Column("message", lambda r: _text(r.get("message")), False),
+    Column("message", lambda r: _text(r.get("message")), wrap=True),
 )
 
 # One line per (series, chunk size): the level with the most tokens per second.

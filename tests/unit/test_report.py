@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from embedsweep.errors import ConfigError
-from embedsweep.report import NO_PRICES_NOTE, render
+from embedsweep.report import NO_PRICES_NOTE, render, render_query
 
 
 def row(**overrides: Any) -> dict[str, Any]:
@@ -419,3 +421,76 @@ def test_the_html_comparison_says_once_what_every_row_shares_and_drops_empty_col
     left_out = comparison.split("Left out, no row has a figure for them: ")[1].split(".</p>")[0]
     assert {"offered rps", "reason", "p95 ms", "lag p99 ms"} <= set(left_out.split(", "))
     assert "p99 ms" in headers
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (0.99999994, "1.000"),
+        (4.567891, "4.568"),
+        (123.456, "123.5"),
+        (415920.6, "415921"),
+        (0.0012345, "0.001234"),
+        (2.1e-07, "2.100e-07"),
+        (0.0, "0"),
+        (Decimal("1.50"), "1.500"),
+        (float("nan"), "nan"),
+        (512, "512"),
+        (True, "true"),
+        (None, ""),
+        (datetime(2025, 3, 1, 9, 0, 0, 123456, tzinfo=UTC), "2025-03-01 09:00:00+00:00"),
+        ({"context_overflow": 1}, '{"context_overflow": 1}'),
+    ],
+)
+def test_sql_values_read_as_people_read_them(value: object, shown: str) -> None:
+    lines = render_query(["v"], [[value]], width=80).splitlines()
+    assert lines[2].strip() == shown
+    assert lines[-1] == "(1 row)"
+
+
+def test_sql_columns_that_do_not_fit_come_in_groups_with_row_numbers() -> None:
+    columns = [f"a_rather_long_column_name_{i}" for i in range(6)]
+    rows = [[i * 1.5, *range(5)] for i in range(3)]
+    text = render_query(columns, rows, width=70)
+
+    assert max(len(line) for line in text.splitlines()) <= 70
+    assert text.count("columns ") + text.count("column ") >= 3
+    for name in columns:
+        assert name in text.split()
+    assert text.rstrip().endswith("(3 rows)")
+    first_group = text.split("\n\n")[0].splitlines()
+    assert first_group[1].split()[0] == "#"
+    assert [line.split()[0] for line in first_group[3:]] == ["1", "2", "3"]
+
+
+def test_sql_folds_a_value_longer_than_the_line_and_keeps_it_whole() -> None:
+    message = "x" * 150
+    text = render_query(["run_id", "message"], [["r1", message]], width=60)
+
+    assert max(len(line) for line in text.splitlines()) <= 60
+    assert "".join(line.strip() for line in text.splitlines() if set(line.strip()) == {"x"}) in (
+        message
+    )
+    assert sum(line.count("x") for line in text.splitlines()) == 150
+
+
+def test_sql_with_no_rows_prints_its_headers() -> None:
+    assert render_query(["model", "p99_ms"], [], width=80).splitlines() == [
+        "model  p99_ms",
+        "─────  ──────",
+        "(0 rows)",
+    ]
+
+
+@pytest.mark.parametrize("width", [100, 72])
+def test_the_terminal_table_fits_its_width_and_says_what_it_left_out(width: int) -> None:
+    rows = [row(concurrency=c, run_id="r-ok") for c in (1, 4, 16)] + [BLOCKED]
+    text = render(rows, "table", width=width)
+
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert "…" not in text
+    prose = " ".join(text.split())
+    if width == 72:
+        assert f"Left out to fit {width} columns: " in prose
+        assert "No row has a figure for: fidelity." in prose
+    assert "NVEmbedModel | not in vLLM's registry" in prose
