@@ -182,12 +182,34 @@ class Column:
     wrap: bool = False
 
 
+def _engine_route(row: ReportRow) -> str:
+    engine, planned = row.get("engine"), row.get("planned_engine")
+    shown = _engine(row)
+    if planned and planned != engine:
+        return (
+            f"{shown[:-1]}; planned {planned})"
+            if shown.endswith(")")
+            else (f"{shown} (planned {planned})")
+        )
+    return shown
+
+
+def _engine(row: ReportRow) -> str:
+    """The engine; a built-in server figure says so, with how close that server came to direct
+    encode of its model on the same host (the run's harness check)."""
+    engine = _text(row.get("engine"))
+    if engine != "hf":
+        return engine
+    ratio = finite_number(row.get("harness_ratio"))
+    return f"hf (built-in, {ratio:.2f}x direct)" if ratio is not None else "hf (built-in)"
+
+
 # The terminal table, which must fit the terminal: too narrow a one leaves out the columns with
 # a drop rank, highest first (a fidelity failure still shows in status, a reason in the blocked
 # and failed table, requests/s are tokens/s over the chunk size).
 COMPARISON_COLUMNS: tuple[Column, ...] = (
     Column("model", lambda r: _text(r.get("model"))),
-    Column("engine", lambda r: _text(r.get("engine"))),
+    Column("engine", _engine),
     Column("pool", lambda r: _text(r.get("pool")), drop=4),
     Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
     Column("conc", lambda r: _integer(r.get("concurrency")), True),
@@ -268,7 +290,7 @@ PROBLEM_COLUMNS: tuple[Column, ...] = (
 # One line per (series, chunk size): the level with the most tokens per second.
 PEAK_COLUMNS: tuple[Column, ...] = (
     Column("model", lambda r: _text(r.get("model")), False),
-    Column("engine", lambda r: _text(r.get("engine")), False),
+    Column("engine", _engine, False),
     Column("pool", lambda r: _text(r.get("pool")), False),
     Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
     Column("batch", lambda r: _integer(r.get("batch_size")), True),
@@ -283,7 +305,7 @@ PEAK_COLUMNS: tuple[Column, ...] = (
 
 CHEAPEST_COLUMNS: tuple[Column, ...] = (
     Column("model", lambda r: _text(r.get("model")), False),
-    Column("engine", lambda r: _text(r.get("engine")), False),
+    Column("engine", _engine, False),
     Column("pool", lambda r: _text(r.get("pool")), False),
     Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
     Column("batch", lambda r: _integer(r.get("batch_size")), True),
@@ -308,6 +330,12 @@ BUSY_HOST = "(busy host)"
 BUSY_HOST_NOTE = (
     "(busy host) = other processes kept more than a quarter of a core busy during the level "
     "(from /proc): its figures are of a shared host; rerun it on a quiet one."
+)
+BUILT_IN_NOTE = (
+    "hf (built-in, Nx direct) = measured on embedsweep's own server; N is its inputs/s at the "
+    "run's top concurrency over direct sentence-transformers encode of the same texts, same dtype "
+    "and batch, on the same host, measured once per run (table harness_checks). Near 1: the "
+    "figures are the model's; well below: the harness, not the model, set them."
 )
 FIDELITY_NOTE = (
     "fidelity_failed = the level ran, but the served vectors are not the model's (the fidelity "
@@ -361,13 +389,6 @@ def fidelity_runs(rows: Sequence[ReportRow]) -> list[ReportRow]:
             seen.add(key)
             out.append(row)
     return out
-
-
-def _engine_route(row: ReportRow) -> str:
-    engine, planned = row.get("engine"), row.get("planned_engine")
-    if planned and planned != engine:
-        return f"{_text(engine)} (planned {planned})"
-    return _text(engine)
 
 
 def _tokens_per_dollar(row: ReportRow) -> float | None:
@@ -524,4 +545,6 @@ def notes(rows: Sequence[ReportRow]) -> list[str]:
     ]
     if any(BUSY_HOST in mark for mark in marks):
         found.append(BUSY_HOST_NOTE)
+    if any(row.get("engine") == "hf" and row.get("concurrency") is not None for row in rows):
+        found.append(BUILT_IN_NOTE)
     return found

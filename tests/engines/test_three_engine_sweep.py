@@ -134,11 +134,11 @@ def test_the_three_engines_side_by_side(swept: tuple[Path, dict[str, str]]) -> N
     assert done.returncode == 0, done.stderr
     text = page.read_text()
     assert 'id="servers"' in text
-    # Both engines are series of the same charts (the legend names each).
+    # The engines are series of the same charts (the legend names each, and the sweep).
     charts = text.split('id="throughput"')[1].split('id="cost"')[0]
-    assert ">all-MiniLM-L6-v2 · hf · cpu</text>" in charts
-    assert ">all-MiniLM-L6-v2 · vllm · cpu</text>" in charts
-    assert ">all-MiniLM-L6-v2 · infinity · cpu</text>" in charts
+    assert ">all-MiniLM-L6-v2 · hf · cpu · sweep " in charts
+    assert ">all-MiniLM-L6-v2 · vllm · cpu · sweep " in charts
+    assert ">all-MiniLM-L6-v2 · infinity · cpu · sweep " in charts
 
 
 def test_every_engine_serves_the_models_vectors(swept: tuple[Path, dict[str, str]]) -> None:

@@ -58,7 +58,8 @@ def test_report_fits_the_terminal_and_cuts_nothing(warehouse: Path, columns: int
     assert "exceeds_context" in text
     # What every row shares is said once; what did not fit is named (the notes wrap).
     prose = " ".join(text.split())
-    assert "The same in every row: model all-MiniLM-L6-v2 · engine hf · pool cpu." in prose
+    shared = "The same in every row: model all-MiniLM-L6-v2 · engine hf (built-in) · pool cpu."
+    assert shared in prose
     assert f"Left out to fit {columns} columns: " in prose
 
 

@@ -180,7 +180,7 @@ def test_blocked_only_has_no_charts_and_lists_the_reason() -> None:
     assert "<svg" not in page
     assert "No measured load levels to plot." in parts["throughput"]
     assert "unsupported_architecture" in parts["problems"]
-    assert "hf (planned vllm)" in parts["problems"]
+    assert "hf (built-in; planned vllm)" in parts["problems"]
     assert "NVEmbedModel is not in vLLM&#x27;s registry" in parts["problems"]
     assert '<li class="blocked">1 blocked</li>' in page
 
