@@ -32,7 +32,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
 from prefect.events import emit_event
 from pydantic import Field
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from embedsweep import report, store
 from embedsweep.config import Cell, SweepSpec
@@ -46,6 +46,7 @@ from embedsweep.runner import (
     group_cells,
     write_manifest,
 )
+from flows.terminal import sweep_bar
 from tasks.cells import ingest_run_task, preflight_task, run_group_task
 
 __all__ = ["sweep"]
@@ -97,6 +98,7 @@ class _Tracker:
 
     def __init__(self, total_cells: int, total_levels: int, bar: Progress) -> None:
         self.total_cells = max(total_cells, 1)
+        self.total_levels = total_levels
         self.done = 0
         self.bar = bar
         self.job = bar.add_task("sweep", total=total_levels)
@@ -113,6 +115,12 @@ class _Tracker:
     def advance(self, levels: int, description: str) -> None:
         with self.lock:
             self.bar.update(self.job, advance=levels, description=description)
+
+    def finish(self, description: str) -> None:
+        # The bar stays on the screen: full (a failed cell skips its levels), saying what was
+        # done rather than naming the last cell.
+        with self.lock:
+            self.bar.update(self.job, completed=self.total_levels, description=description)
 
     def cell_done(self) -> None:
         with self.lock:
@@ -627,13 +635,7 @@ def sweep(
     )
     counts = dict.fromkeys(_STATUSES, 0)
     total_levels = len(runnable) * len(spec.load.concurrency) + (len(cells) - len(runnable))
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, disable=not show_progress) as bar:
+    with sweep_bar(show_progress) as bar:
         tracker = _Tracker(len(cells), total_levels, bar)
         remote = []
         here: list[tuple[CellPlan, tuple[list[PreflightResult], Any]]] = []
@@ -662,6 +664,7 @@ def sweep(
                 )
         if remote:
             _distributed(spec, remote, sweep_run_id, db, tracker, counts)
+        tracker.finish(f"sweep {spec.name}: {len(cells)} cells done")
     _record_sweep(db, spec, sweep_run_id, started, datetime.now(UTC))
     regressions, html, valid = _publish(spec, db, sweep_run_id, regression_threshold)
     summary = {
