@@ -557,6 +557,57 @@ def _print_fidelity(result: Any) -> None:
         typer.echo(f"  {finding.code}: {finding.message}")
 
 
+def _prefect_environment(show_bar: bool) -> None:
+    """Settings for the Prefect that ``embedsweep run`` starts, set before ``import prefect``
+    (which configures its logging and telemetry) and inherited by its temporary server. Each
+    is a default: a value already in the environment wins."""
+    # Prefect's local mode starts a temporary server; it has nothing to phone home about.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The client's telemetry, and the notice "Prefect collects anonymous usage data…" that
+    # Prefect 3.9 prints on a terminal, follow DO_NOT_TRACK only: the server setting above does
+    # not silence them (prefect/_internal/analytics/enabled.py).
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    if show_bar:
+        # With a bar, the terminal shows warnings and errors (above the bar); the INFO lines
+        # (a task finished, the temporary server started) still go to Prefect's API, and
+        # --no-progress shows them all.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+
+
+def _print_outcome(name: str, summary: dict[str, Any]) -> None:
+    """What a finished ``embedsweep run`` prints on stdout: the sweep's comparison table (the
+    ``embedsweep report`` table of this sweep run), the counts, then the HTML report's and the
+    warehouse's paths, each on a line of its own."""
+    import shutil
+
+    from embedsweep import report as report_mod
+    from embedsweep import store
+
+    try:
+        con = store.open_warehouse(Path(summary["warehouse"]), read_only=True)
+        try:
+            rows = store.report_rows(con, sweep_run_id=summary["sweep_run_id"])
+        finally:
+            con.close()
+    except EmbedsweepError as exc:
+        # The sweep ran and is recorded; a table that cannot be read now is not its failure.
+        typer.echo(f"warning: no results table: {exc.message}", err=True)
+    else:
+        # COLUMNS, else the terminal's width, else 160 (a pipe or a file).
+        width = shutil.get_terminal_size((160, 24)).columns
+        typer.echo("")
+        typer.echo(report_mod.render(rows, "table", width=width).rstrip("\n"))
+    counts = [f"{summary[status]} {status}" for status in ("ok", "blocked", "failed")]
+    counts += [f"{summary[key]} {key}" for key in ("cancelled", "regressions") if summary.get(key)]
+    typer.echo("")
+    typer.echo(
+        f"sweep {name}: {', '.join(counts)} (sweep run {summary['sweep_run_id']}); "
+        "the HTML report and the warehouse:"
+    )
+    typer.echo(summary["report"])
+    typer.echo(summary["warehouse"])
+
+
 @app.command()
 def run(
     sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML file.", metavar="SWEEP.yaml")],
@@ -611,18 +662,16 @@ def run(
     # SIGTERM (a `kill`, a container stop) unwinds like Ctrl-C, so every `finally` runs and the
     # engine servers, each in its own session, are stopped rather than orphaned.
     signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
-    # Prefect's local mode starts a temporary server; it has nothing to phone home about.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A bar only on a terminal: CI logs and pipes get Prefect's log lines, one per event.
+    show_bar = progress and sys.stderr.isatty()
+    _prefect_environment(show_bar)
     from flows.sweep import sweep  # the Prefect shell; imported only here
 
-    summary = sweep(spec, warehouse=str(warehouse) if warehouse else None, show_progress=progress)
+    summary = sweep(spec, warehouse=str(warehouse) if warehouse else None, show_progress=show_bar)
     if as_json:
         _echo_json(summary)
     else:
-        typer.echo(
-            f"sweep {spec.name}: {summary['ok']} ok, {summary['blocked']} blocked, "
-            f"{summary['failed']} failed → {summary['warehouse']}"
-        )
+        _print_outcome(spec.name, summary)
     if not any(row.runnable for row in rows):
         typer.echo("error: no cell of this sweep can run (blocked cells recorded)", err=True)
         raise typer.Exit(1)
