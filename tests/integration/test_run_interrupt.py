@@ -64,7 +64,7 @@ def test_interrupted_sweep_stops_its_server(tmp_path: Path, sig: signal.Signals)
             assert time.monotonic() < deadline, "no server started"
             time.sleep(0.5)
         logs = list((tmp_path / "runs").glob("*/*/server.log"))
-        while not any("Uvicorn running" in log.read_text() for log in logs):
+        while not any("listening on http" in log.read_text() for log in logs):
             assert time.monotonic() < deadline
             time.sleep(0.5)
             logs = list((tmp_path / "runs").glob("*/*/server.log"))
@@ -141,7 +141,7 @@ def _start(tmp_path: Path, model: str) -> subprocess.Popen[str]:
         assert run.poll() is None, "the sweep ended before its load started"
         assert time.monotonic() < deadline, "no load started"
         logs = list((tmp_path / "runs").glob("*/*/server.log"))
-        if logs and "Uvicorn running" in logs[0].read_text():
+        if logs and "listening on http" in logs[0].read_text():
             break
         time.sleep(0.5)
     time.sleep(2)  # the load is running now
