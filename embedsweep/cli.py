@@ -600,10 +600,8 @@ def _print_outcome(name: str, summary: dict[str, Any]) -> None:
     counts = [f"{summary[status]} {status}" for status in ("ok", "blocked", "failed")]
     counts += [f"{summary[key]} {key}" for key in ("cancelled", "regressions") if summary.get(key)]
     typer.echo("")
-    typer.echo(
-        f"sweep {name}: {', '.join(counts)} (sweep run {summary['sweep_run_id']}); "
-        "the HTML report and the warehouse:"
-    )
+    typer.echo(f"sweep {name}: {', '.join(counts)} (sweep run {summary['sweep_run_id']})")
+    typer.echo("the HTML report and the warehouse:")
     typer.echo(summary["report"])
     typer.echo(summary["warehouse"])
 
