@@ -1,7 +1,7 @@
 """Where the built-in server puts its work: the model's threads from the cores it is given, the
 CPU dtype from what the CPU computes natively, and the governor that gives a core back when
 another process takes it. The governor's samples are given here (the rule is the subject); the
-real server under a real busy process is in tests/integration/test_hfserver_placement.py (this file has its own name: pytest imports test modules by basename)."""
+real server under a real busy process is in tests/integration/test_hfserver_placement.py."""
 
 from __future__ import annotations
 
