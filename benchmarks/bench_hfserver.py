@@ -28,7 +28,7 @@ beside it, so the ratio is a lower bound of the server's own efficiency.
 from __future__ import annotations
 
 import argparse
-import gc
+import math
 import multiprocessing
 import os
 import secrets
@@ -36,7 +36,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +44,7 @@ from embedsweep import engine_envs
 from embedsweep.calibrate import Calibrator, load_tokenizer
 from embedsweep.engines import Launch, server_for
 from embedsweep.engines.process import free_port
+from embedsweep.harness import direct_rate
 from embedsweep.hfserver.placement import choose
 from embedsweep.hub import resolve_model
 from embedsweep.loadgen import build_payloads, run_level_sync
@@ -75,30 +75,6 @@ def busy_core(enabled: bool) -> Iterator[None]:
     finally:
         proc.terminate()
         proc.join()
-
-
-def direct_rate(
-    model_dir: Path, texts: list[str], batch: int, device: str, dtype: str, threads: int
-) -> float:
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        kwargs = {"torch_dtype": getattr(torch, dtype)}
-        model = SentenceTransformer(str(model_dir), device=device, model_kwargs=kwargs)
-        model.max_seq_length = MAX_INPUT_TOKENS  # the texts are within it: never truncated
-        with torch.inference_mode():
-            model.encode(texts[: batch * 2], batch_size=batch)  # warm-up
-            start = time.perf_counter()
-            model.encode(texts, batch_size=batch)
-            elapsed = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(before)
-    del model
-    gc.collect()
-    return len(texts) / elapsed
 
 
 def served(
@@ -279,10 +255,11 @@ def main() -> None:
                         direct_rate(
                             meta.path,
                             chunk,
-                            args.concurrency,
-                            args.device,
-                            placement.dtype,
-                            threads,
+                            batch=args.concurrency,
+                            dtype=placement.dtype,
+                            threads=threads,
+                            budget_s=math.inf,  # every text once
+                            device=args.device,
                         ),
                         0,
                     )

@@ -52,8 +52,10 @@ def direct_rate(
     threads: int,
     trust_remote_code: bool = False,
     budget_s: float = BUDGET_S,
+    device: str = "cpu",
 ) -> float:
-    """Inputs/s of direct encode of TEXTS (cycled) on the CPU with THREADS torch threads."""
+    """Inputs/s of direct encode of TEXTS (each once at most, within BUDGET_S) on DEVICE with
+    THREADS torch threads."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -62,7 +64,7 @@ def direct_rate(
     try:
         model = SentenceTransformer(
             str(model_dir),
-            device="cpu",
+            device=device,
             trust_remote_code=trust_remote_code,
             model_kwargs={"torch_dtype": getattr(torch, dtype)},
             local_files_only=True,
