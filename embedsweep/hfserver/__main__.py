@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -67,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     from embedsweep.hfserver.batcher import Batcher
     from embedsweep.hfserver.embedder import Embedder, NullModel
     from embedsweep.hfserver.http import serve
-    from embedsweep.hfserver.placement import ThreadGovernor, choose
+    from embedsweep.hfserver.placement import (
+        ThreadGovernor,
+        choose,
+        given_cores,
+        place_model_thread,
+    )
     from embedsweep.hfserver.request import Served, matryoshka_of
     from embedsweep.hub import read_model_dir
     from embedsweep.preflight import max_input_tokens
@@ -106,9 +112,18 @@ def main(argv: list[str] | None = None) -> int:
         matryoshka_dimensions=matryoshka_dimensions,
         normalized=any(type(m).__name__ == "Normalize" for m in embedder.model),
     )
+    cores = given_cores()
+    model_cores: tuple[int, ...] = cores
+
+    def set_threads(threads: int) -> None:
+        # From the model's thread (the batcher's worker): bind it, then size torch's pool.
+        nonlocal model_cores
+        model_cores = place_model_thread(threads, cores, threading.main_thread().native_id)
+        torch.set_num_threads(threads)
+
     governor = None
     if device == "cpu" and placement.model_threads > 1 and not args.null_model:
-        governor = ThreadGovernor(placement, torch.set_num_threads)
+        governor = ThreadGovernor(placement, set_threads)
 
     def info() -> dict[str, object]:
         return {
@@ -116,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             "runtime": embedder.runtime,
             "model_threads_now": governor.threads if governor else placement.model_threads,
             "thread_changes": governor.changes if governor else 0,
+            "model_cores": ",".join(str(c) for c in model_cores) if device == "cpu" else None,
             "max_wait_ms": args.max_wait_ms,
             "max_batch_tokens": args.max_batch_tokens,
         }
@@ -128,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         max_batch_tokens=args.max_batch_tokens,
         max_wait_s=args.max_wait_ms / 1000,
         governor=governor,
+        on_start=(
+            (lambda: set_threads(placement.model_threads))
+            if device == "cpu" and not args.null_model
+            else None
+        ),
     )
     batcher.start()
     app = build_app(

@@ -15,6 +15,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
@@ -94,6 +95,7 @@ class Batcher:
         max_batch_tokens: int = 16384,
         max_wait_s: float = 0.002,
         governor: _Governor | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self._model = model
         self.max_input_tokens = max_input_tokens
@@ -101,6 +103,7 @@ class Batcher:
         self._max_tokens = max_batch_tokens
         self._max_wait_s = max_wait_s
         self._governor = governor
+        self._on_start = on_start  # run first in the model's thread (its placement)
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="embed-worker", daemon=True)
         self._features: list[str] | None = None
@@ -177,6 +180,8 @@ class Batcher:
         return jobs
 
     def _work(self) -> None:
+        if self._on_start is not None:
+            self._on_start()
         while True:
             first = self._queue.get()
             if first is None:

@@ -101,10 +101,15 @@ def test_a_busy_process_takes_a_thread_and_gives_it_back(
             proc.wait()
     assert during["model_threads_now"] == 1
     assert during["thread_changes"] > before["thread_changes"]
+    # One thread has a core of its own (the last given), as vLLM's CPU worker is bound.
+    all_cores = ",".join(str(c) for c in given_cores())
+    assert before["model_cores"] == all_cores
+    assert during["model_cores"] == str(given_cores()[-1])
     _load(server, minilm_dir, 4.0)
     after = _info(server)
     assert after["model_threads_now"] == cores
     assert after["thread_changes"] > during["thread_changes"]
+    assert after["model_cores"] == all_cores
     log = server.log_path.read_text()
     assert "the model now runs 1 thread(s)" in log
 

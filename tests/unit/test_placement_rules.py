@@ -5,11 +5,19 @@ real server under a real busy process is in tests/integration/test_hfserver_plac
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from embedsweep.hfserver.placement import ThreadGovernor, choose, cpu_has_bf16
+from embedsweep.hfserver.placement import (
+    ThreadGovernor,
+    choose,
+    cpu_has_bf16,
+    given_cores,
+    place_model_thread,
+)
 
 HZ = 100
 
@@ -90,3 +98,41 @@ def test_the_governor_goes_back_up_only_when_the_core_is_clearly_free() -> None:
     assert governor.tick() == 2  # others: 0.0
     assert set_to == [1, 2]
     assert governor.changes == 2
+
+
+def test_one_model_thread_gets_a_core_of_its_own_and_more_threads_share_them_all() -> None:
+    # Real affinities of real threads: a stand-in for the model's worker and the event loop.
+    cores = given_cores()
+    if len(cores) < 2:
+        pytest.skip("one core: nothing to bind apart")
+    frontend_ready, done = threading.Event(), threading.Event()
+    frontend_id: list[int] = []
+
+    def frontend() -> None:
+        frontend_id.append(threading.get_native_id())
+        frontend_ready.set()
+        done.wait(10)
+
+    seen: dict[str, object] = {}
+
+    def model() -> None:
+        frontend_ready.wait(10)
+        seen["alone"] = place_model_thread(1, cores, frontend_id[0])
+        seen["alone_now"] = os.sched_getaffinity(0)
+        seen["frontend_alone"] = os.sched_getaffinity(frontend_id[0])
+        seen["shared"] = place_model_thread(2, cores, frontend_id[0])
+        seen["shared_now"] = os.sched_getaffinity(0)
+        seen["frontend_shared"] = os.sched_getaffinity(frontend_id[0])
+
+    threads = [threading.Thread(target=frontend), threading.Thread(target=model)]
+    for t in threads:
+        t.start()
+    threads[1].join(10)
+    done.set()
+    threads[0].join(10)
+    assert seen["alone"] == (cores[-1],)
+    assert seen["alone_now"] == {cores[-1]}
+    assert seen["frontend_alone"] == set(cores[:-1])
+    assert seen["shared"] == cores
+    assert seen["shared_now"] == set(cores) == seen["frontend_shared"]
+    assert os.sched_getaffinity(0) == set(cores)  # this thread was never touched
