@@ -44,7 +44,7 @@ from embedsweep import engine_envs
 from embedsweep.calibrate import Calibrator, load_tokenizer
 from embedsweep.engines import Launch, server_for
 from embedsweep.engines.process import free_port
-from embedsweep.harness import direct_rate
+from embedsweep.harness import direct_rate, server_info
 from embedsweep.hfserver.placement import choose
 from embedsweep.hub import resolve_model
 from embedsweep.loadgen import build_payloads, run_level_sync
@@ -75,6 +75,15 @@ def busy_core(enabled: bool) -> Iterator[None]:
     finally:
         proc.terminate()
         proc.join()
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(steal, all) CPU time of the machine so far, in clock ticks (/proc/stat)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    return fields[7], sum(fields)
 
 
 def served(
@@ -114,13 +123,6 @@ def served(
     how = ""
     with server:
         server.wait_healthy(600)
-        if name == "hf":
-            import json
-            import urllib.request
-
-            with urllib.request.urlopen(server.url + "/embedsweep/info", timeout=10) as answer:
-                info = json.load(answer)
-            how = f"{info['dtype']}, model {info['model_threads']} thread(s)"
         for n, chunk in texts.items():
             payloads = build_payloads("m", chunk, 1)
             records = run_level_sync(
@@ -134,6 +136,13 @@ def served(
             )
             summary = summarize(records, batch_size=1)
             out[n] = (summary.inputs_per_s, summary.prompt_tokens_mismatch + summary.errors)
+        if name == "hf":
+            # After the load: the threads the governor left the model, and where they ran.
+            info = server_info(server.url) or {}
+            how = (
+                f"{info.get('dtype')}, {info.get('model_threads_now')} thread(s) at the end, "
+                f"core(s) {info.get('model_cores')}"
+            )
     if name == "vllm":
         for line in log.read_text(errors="replace").splitlines():
             if "dtype=" in line and "non-default" not in line:
@@ -248,9 +257,15 @@ def main() -> None:
     rows: dict[tuple[str, int], list[float]] = {}
     with busy_core(args.busy_core):
         for repeat in range(1, args.repeats + 1):
+            steal_before = _cpu_times()
             results: dict[str, dict[int, tuple[float, int]]] = {}
-            for threads in sorted({torch_threads(), 1}, reverse=True):
-                results[f"direct, {threads} thread(s)"] = {
+            ways = [(t, None) for t in sorted({torch_threads(), 1}, reverse=True)]
+            if args.device == "cpu" and cores > 1:
+                ways.append((1, max(os.sched_getaffinity(0))))  # as the server binds one thread
+            for threads, core in ways:
+                bound = f" bound to core {core}" if core is not None else ""
+                label = f"direct, {threads} thread(s){bound}"
+                results[label] = {
                     n: (
                         direct_rate(
                             meta.path,
@@ -260,6 +275,7 @@ def main() -> None:
                             threads=threads,
                             budget_s=math.inf,  # every text once
                             device=args.device,
+                            bind_core=core,
                         ),
                         0,
                     )
@@ -274,7 +290,11 @@ def main() -> None:
                 n: max(r[n][0] for k, r in results.items() if k.startswith("direct")) for n in sizes
             }
             vllm = [(k.split(" ")[0], r) for k, r in results.items() if k.startswith("vllm")]
-            print(f"\nrepeat {repeat}/{args.repeats}")
+            steal, total = (a - b for a, b in zip(_cpu_times(), steal_before, strict=True))
+            print(
+                f"\nrepeat {repeat}/{args.repeats} (the hypervisor took {steal / max(total, 1):.1%}"
+                " of this machine's CPU time meanwhile)"
+            )
             print(f"{'':<66} " + " ".join(f"{f'{n} tok':>17}" for n in sizes))
             for label, got in results.items():
                 cells = " ".join(

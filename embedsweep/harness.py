@@ -53,14 +53,20 @@ def direct_rate(
     trust_remote_code: bool = False,
     budget_s: float = BUDGET_S,
     device: str = "cpu",
+    bind_core: int | None = None,
 ) -> float:
     """Inputs/s of direct encode of TEXTS (each once at most, within BUDGET_S) on DEVICE with
-    THREADS torch threads."""
+    THREADS torch threads; with BIND_CORE, the calling thread is bound to that core meanwhile."""
+    import os
+
     import torch
     from sentence_transformers import SentenceTransformer
 
     before = torch.get_num_threads()
+    affinity = os.sched_getaffinity(0) if bind_core is not None else None
     torch.set_num_threads(threads)
+    if bind_core is not None:
+        os.sched_setaffinity(0, {bind_core})
     try:
         model = SentenceTransformer(
             str(model_dir),
@@ -84,6 +90,8 @@ def direct_rate(
                 if elapsed >= budget_s or done >= len(texts):
                     break
     finally:
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
         torch.set_num_threads(before)
     del model
     gc.collect()
