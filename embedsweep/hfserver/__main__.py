@@ -37,8 +37,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-wait-ms",
         type=float,
-        default=2.0,
-        help="longest wait for more requests before a batch smaller than the last one",
+        default=10.0,
+        help=(
+            "longest wait for more requests before a batch smaller than the last one (never "
+            "more than a tenth of the last batch's time)"
+        ),
     )
     parser.add_argument(
         "--model-threads",

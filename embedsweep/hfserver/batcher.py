@@ -93,7 +93,7 @@ class Batcher:
         max_input_tokens: int,
         max_batch_inputs: int = 256,
         max_batch_tokens: int = 16384,
-        max_wait_s: float = 0.002,
+        max_wait_s: float = 0.010,
         governor: _Governor | None = None,
         on_start: Callable[[], None] | None = None,
     ) -> None:
