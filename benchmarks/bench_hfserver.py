@@ -45,7 +45,7 @@ from embedsweep.calibrate import Calibrator, load_tokenizer
 from embedsweep.engines import Launch, server_for
 from embedsweep.engines.process import free_port
 from embedsweep.harness import direct_rate, server_info
-from embedsweep.hfserver.placement import choose
+from embedsweep.hfserver.placement import choose, given_cores
 from embedsweep.hub import resolve_model
 from embedsweep.loadgen import build_payloads, run_level_sync
 from embedsweep.metrics import summarize
@@ -261,7 +261,7 @@ def main() -> None:
             results: dict[str, dict[int, tuple[float, int]]] = {}
             ways = [(t, None) for t in sorted({torch_threads(), 1}, reverse=True)]
             if args.device == "cpu" and cores > 1:
-                ways.append((1, max(os.sched_getaffinity(0))))  # as the server binds one thread
+                ways.append((1, given_cores()[-1]))  # the core the server binds one thread to
             for threads, core in ways:
                 bound = f" bound to core {core}" if core is not None else ""
                 label = f"direct, {threads} thread(s){bound}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -57,8 +58,6 @@ def direct_rate(
 ) -> float:
     """Inputs/s of direct encode of TEXTS (each once at most, within BUDGET_S) on DEVICE with
     THREADS torch threads; with BIND_CORE, the calling thread is bound to that core meanwhile."""
-    import os
-
     import torch
     from sentence_transformers import SentenceTransformer
 

@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from embedsweep.hfserver.batcher import DEFAULT_MAX_WAIT_S
+
 __all__ = ["main"]
 
 
@@ -37,7 +39,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-wait-ms",
         type=float,
-        default=10.0,
+        default=DEFAULT_MAX_WAIT_S * 1000,
         help=(
             "longest wait for more requests before a batch smaller than the last one (never "
             "more than a tenth of the last batch's time)"

@@ -24,7 +24,12 @@ import numpy.typing as npt
 
 from embedsweep.hfserver.embedder import Encoded
 
-__all__ = ["Batcher", "ContextOverflow", "EmbedResult"]
+__all__ = ["DEFAULT_MAX_WAIT_S", "Batcher", "ContextOverflow", "EmbedResult"]
+
+# The longest wait for more rows before a batch smaller than the last (and never more than a
+# tenth of the last batch's time): 10 ms let 16 clients beside a busy core form 41 batches of 608
+# inputs where 2 ms cut 60.
+DEFAULT_MAX_WAIT_S = 0.010
 
 
 class _Governor(Protocol):
@@ -93,7 +98,7 @@ class Batcher:
         max_input_tokens: int,
         max_batch_inputs: int = 256,
         max_batch_tokens: int = 16384,
-        max_wait_s: float = 0.010,
+        max_wait_s: float = DEFAULT_MAX_WAIT_S,
         governor: _Governor | None = None,
         on_start: Callable[[], None] | None = None,
     ) -> None:

@@ -13,6 +13,7 @@ it there, since vLLM's CPU build also serves a float32 embedding model in half p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -124,10 +125,11 @@ def place_model_thread(
     wanted = (cores[-1],) if alone else tuple(cores)
     try:
         os.sched_setaffinity(0, wanted)  # 0: the calling thread only
-        if frontend_thread is not None:
-            os.sched_setaffinity(frontend_thread, tuple(cores[:-1]) if alone else tuple(cores))
     except (AttributeError, OSError):  # not Linux, or a core taken away meanwhile
         return tuple(cores)
+    if frontend_thread is not None:
+        with contextlib.suppress(OSError):  # the front end's binding only helps
+            os.sched_setaffinity(frontend_thread, tuple(cores[:-1]) if alone else tuple(cores))
     return wanted
 
 
