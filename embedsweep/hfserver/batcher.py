@@ -116,6 +116,7 @@ class Batcher:
         self._last_s = 0.0
         self.batches = 0
         self.inputs = 0
+        self.busy_s = 0.0  # the model thread's time in batches, waits excluded
 
     def start(self) -> None:
         self._thread.start()
@@ -202,6 +203,7 @@ class Batcher:
                     _settle(job, None, exc)
             self._last_rows = sum(job.count for job in jobs)
             self._last_s = time.monotonic() - started
+            self.busy_s += self._last_s
 
     def _run(self, jobs: list[_Job]) -> None:
         # Every row of every job, shortest first; the vectors go back in each job's order.

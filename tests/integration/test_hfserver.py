@@ -116,18 +116,26 @@ def test_wrong_key_and_wrong_model(server: ServerProcess) -> None:
 
 def test_concurrent_requests_share_batches(server: ServerProcess) -> None:
     before = _batches(server)
+    started = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
         results = list(
             pool.map(lambda i: _post(server, {"input": f"text number {i} " * 20}), range(64))
         )
+    took = time.monotonic() - started
     assert all(status == 200 for status, _ in results)
-    used = _batches(server) - before
+    after = _batches(server)
+    used = after["batches"] - before["batches"]
     assert used < 64, f"64 concurrent requests took {used} model batches"
+    assert after["inputs"] - before["inputs"] == 64
+    # The model thread's time in those batches: some, and never more than the whole exchange.
+    busy = after["model_busy_s"] - before["model_busy_s"]
+    assert 0 < busy <= took
 
 
-def _batches(server: ServerProcess) -> int:
+def _batches(server: ServerProcess) -> dict[str, float]:
     with urllib.request.urlopen(f"{server.url}/metrics/batches", timeout=10) as resp:
-        return int(json.loads(resp.read())["batches"])
+        counts: dict[str, float] = json.loads(resp.read())
+    return counts
 
 
 def test_api_key_never_reaches_the_log(server: ServerProcess) -> None:

@@ -30,6 +30,15 @@ class FailingOnBoomStandIn:
         return np.ones((len(encoded["input_ids"]), 4), dtype=np.float32) / 2
 
 
+# float32 values whose float64 reprs are long (0.1f is 0.10000000149011612) or need an exponent.
+_ODD = np.array([[0.1, 1 / 3, -0.7, 1e-7, 12345.678, -2.5e-30]], dtype=np.float32)
+
+
+class OddValuesStandIn(FailingOnBoomStandIn):
+    def embed(self, encoded: Encoded) -> npt.NDArray[np.float32]:
+        return np.repeat(_ODD, len(encoded["input_ids"]), axis=0)
+
+
 @pytest.fixture
 def http() -> Iterator[HttpClient]:
     batcher = Batcher(FailingOnBoomStandIn(), max_input_tokens=16)
@@ -57,3 +66,20 @@ def test_a_model_failure_is_vllms_500_and_the_server_goes_on(http: HttpClient) -
     assert served.status_code == 200
     assert [d["embedding"] for d in served.json()["data"]] == [[0.5] * 4] * 2
     assert served.json()["usage"]["prompt_tokens"] == 6
+
+
+def test_float_vectors_are_each_float32_values_exact_float64_repr() -> None:
+    # What json.dumps(row.tolist()) wrote (and vLLM writes): the float64 value of each float32,
+    # not float32's shorter repr, so a client reading float64 gets the server's numbers exactly.
+    batcher = Batcher(OddValuesStandIn(), max_input_tokens=16)
+    batcher.start()
+    app = build_app(batcher, served_name="m", api_key=None, served=Served(dimension=6))
+    try:
+        with serving(app) as url:
+            served = HttpClient(url).post("/v1/embeddings", json={"input": ["a", "bb"]})
+    finally:
+        batcher.stop()
+    assert served.status_code == 200
+    expected = _ODD[0].astype(np.float64).tolist()
+    assert [d["embedding"] for d in served.json()["data"]] == [expected, expected]
+    assert b"0.10000000149011612" in served.content
