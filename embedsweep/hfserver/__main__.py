@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     def set_threads(threads: int) -> None:
         # From the model's thread (the batcher's worker): bind it, then size torch's pool.
         nonlocal model_cores
-        model_cores = place_model_thread(threads, cores, threading.main_thread().native_id)
+        model_cores = place_model_thread(threads, cores)
         torch.set_num_threads(threads)
 
     governor = None

@@ -117,12 +117,11 @@ def test_one_model_thread_gets_a_core_of_its_own_and_more_threads_share_them_all
 
     def model() -> None:
         frontend_ready.wait(10)
-        seen["alone"] = place_model_thread(1, cores, frontend_id[0])
+        seen["alone"] = place_model_thread(1, cores)
         seen["alone_now"] = os.sched_getaffinity(0)
         seen["frontend_alone"] = os.sched_getaffinity(frontend_id[0])
-        seen["shared"] = place_model_thread(2, cores, frontend_id[0])
+        seen["shared"] = place_model_thread(2, cores)
         seen["shared_now"] = os.sched_getaffinity(0)
-        seen["frontend_shared"] = os.sched_getaffinity(frontend_id[0])
 
     threads = [threading.Thread(target=frontend), threading.Thread(target=model)]
     for t in threads:
@@ -132,7 +131,8 @@ def test_one_model_thread_gets_a_core_of_its_own_and_more_threads_share_them_all
     threads[0].join(10)
     assert seen["alone"] == (cores[-1],)
     assert seen["alone_now"] == {cores[-1]}
-    assert seen["frontend_alone"] == set(cores[:-1])
+    # The front end may use every core, the model's too (its work comes between batches).
+    assert seen["frontend_alone"] == set(cores)
     assert seen["shared"] == cores
-    assert seen["shared_now"] == set(cores) == seen["frontend_shared"]
+    assert seen["shared_now"] == set(cores)
     assert os.sched_getaffinity(0) == set(cores)  # this thread was never touched
