@@ -335,7 +335,8 @@ BUILT_IN_NOTE = (
     "hf (built-in, Nx direct) = measured on embedsweep's own server; N is its inputs/s at the "
     "run's top concurrency over direct sentence-transformers encode of the same texts, same dtype "
     "and batch, on the same host, measured once per run (table harness_checks). Near 1: the "
-    "figures are the model's; well below: the harness, not the model, set them."
+    "figures are the model's; well below: the harness, not the model, set them; above 1: the "
+    "server ran the model compiled (torch.compile on a CPU), direct encode runs it eager."
 )
 FIDELITY_NOTE = (
     "fidelity_failed = the level ran, but the served vectors are not the model's (the fidelity "

@@ -51,6 +51,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="the model's threads on a CPU (default: all given cores but one)",
     )
     parser.add_argument(
+        "--compile",
+        default=os.environ.get("EMBEDSWEEP_HF_COMPILE", "auto"),
+        choices=["auto", "on", "off"],
+        help=(
+            "run the model through torch.compile, compiled at start-up (auto: on a CPU, for a "
+            "model without custom code; it falls back to eager if compiling fails); default "
+            "from EMBEDSWEEP_HF_COMPILE, else auto"
+        ),
+    )
+    parser.add_argument(
         "--null-model",
         action="store_true",
         help="no model work: zero vectors after tokenizing (the server's own ceiling)",
@@ -101,12 +111,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.null_model:
         embedder = NullModel(model_dir, meta.config)
     else:
+        compile_model = args.compile == "on" or (
+            args.compile == "auto" and device == "cpu" and not args.trust_remote_code
+        )
         embedder = Embedder(
             model_dir,
             device=device,
             dtype=placement.dtype,
             trust_remote_code=args.trust_remote_code,
+            # A graph for the placement's threads and for the one the governor may go down to.
+            compile_threads=(placement.model_threads, 1) if compile_model else (),
         )
+        log.info("model runtime: %s", embedder.runtime)
     name = args.served_model_name or model_dir.name
     matryoshka, matryoshka_dimensions = matryoshka_of(meta.config)
     served = Served(

@@ -6,6 +6,7 @@ the server sees, counts and rejects exactly what the client sent.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ __all__ = ["Embedder", "Encoded", "NullModel"]
 Encoded = dict[str, list[list[int]]]
 
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+_log = logging.getLogger("embedsweep.hfserver")
 
 
 def tokenizer_function(tokenizer: Any) -> Callable[[list[str]], Encoded]:
@@ -75,6 +78,7 @@ class Embedder:
         device: str = "cpu",
         dtype: str = "auto",
         trust_remote_code: bool = False,
+        compile_threads: tuple[int, ...] = (),
     ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -106,6 +110,46 @@ class Embedder:
             getattr(self._auto_model(), "config", None), "_attn_implementation", None
         )
         self.runtime = f"torch {torch.__version__} eager, {attention or 'default'} attention"
+        self._compiled: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self._compiled_threads: frozenset[int] = frozenset()
+        if compile_threads:
+            self._compile(compile_threads, f"{attention or 'default'} attention")
+
+    def _compile(self, threads: tuple[int, ...], attention: str) -> None:
+        """The model through torch.compile (Inductor, weights frozen into the graph: constant
+        folded and prepacked for oneDNN), compiled now by the warm-up batches; on any failure (no
+        C++ compiler, an operation Inductor cannot take) the model stays eager and the log says
+        why. Measured on this CPU, one thread, bfloat16, 16 inputs a batch, beside a busy
+        process: 32 tokens 263 inputs/s against eager's 234, 128 tokens 58 against 51 (unfrozen:
+        55), cosine to eager >= 0.99994; compiling takes 20-40 s, once per start."""
+        torch = self._torch
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        # Both dimensions dynamic, and the batch's unbacked (embed marks it): one graph for every
+        # batch, one row included. Inductor's CPU kernels are built for a thread count, so there
+        # is one graph per count in THREADS; a batch at any other count runs eager.
+        self._compiled = torch.compile(self.model, dynamic=True)
+        before = torch.get_num_threads()
+        try:
+            for count in dict.fromkeys(threads):
+                torch.set_num_threads(count)
+                self._compiled_threads = frozenset({count})
+                self.embed(self.tokenize(["warm up"] * 2))
+        except Exception as exc:  # anything Inductor raises: serve eager instead
+            self._compiled, self._compiled_threads = None, frozenset()
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            _log.warning(
+                "torch.compile failed (%s: %s); the model runs eager", type(exc).__name__, reason
+            )
+            return
+        finally:
+            torch.set_num_threads(before)
+        self._compiled_threads = frozenset(threads)
+        self.runtime = (
+            f"torch {torch.__version__} compiled (Inductor, frozen weights; "
+            f"{'/'.join(str(t) for t in sorted(self._compiled_threads))} thread(s)), {attention}"
+        )
 
     def _auto_model(self) -> Any:
         for module in self.model:
@@ -172,8 +216,13 @@ class Embedder:
         torch = self._torch
         device = self.model.device
         features = {k: torch.from_numpy(v).to(device) for k, v in self.pad(encoded).items()}
+        forward: Callable[[dict[str, Any]], dict[str, Any]] = self.model
+        if self._compiled is not None and torch.get_num_threads() in self._compiled_threads:
+            forward = self._compiled
+            for tensor in features.values():
+                torch._dynamo.decorators.mark_unbacked(tensor, 0)
         with self._torch.inference_mode():
-            out = self.model(features)["sentence_embedding"].float()
+            out = forward(features)["sentence_embedding"].float()
             if self._renormalize:
                 # A half-precision Normalize leaves norms up to ~4e-3 from one (bfloat16 keeps 8
                 # bits); the model's promise is unit length, kept here in float32.
