@@ -28,6 +28,7 @@ beside it, so the ratio is a lower bound of the server's own efficiency.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import multiprocessing
 import os
@@ -36,6 +37,8 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,6 +128,8 @@ def served(
         server.wait_healthy(600)
         for n, chunk in texts.items():
             payloads = build_payloads("m", chunk, 1)
+            before = _batches(server.url) if name == "hf" else None
+            started = time.monotonic()
             records = run_level_sync(
                 server.url,
                 payloads,
@@ -136,11 +141,22 @@ def served(
             )
             summary = summarize(records, batch_size=1)
             out[n] = (summary.inputs_per_s, summary.prompt_tokens_mismatch + summary.errors)
+            if before is not None:
+                # The model thread's share of the level (warm-up included) and its speed inside
+                # its batches: what the front end costs is the gap between those and the level.
+                after = _batches(server.url)
+                busy = after["model_busy_s"] - before["model_busy_s"]
+                MODEL_SIDE[n] = (
+                    busy / (time.monotonic() - started),
+                    (after["inputs"] - before["inputs"]) / max(busy, 1e-9),
+                )
         if name == "hf":
             # After the load: the threads the governor left the model, and where they ran.
             info = server_info(server.url) or {}
             how = (
-                f"{info.get('dtype')}, {info.get('model_threads_now')} thread(s) at the end, "
+                f"{info.get('dtype')}, "
+                f"{'compiled' if 'compiled' in str(info.get('runtime')) else 'eager'}, "
+                f"{info.get('model_threads_now')} thread(s) at the end, "
                 f"core(s) {info.get('model_cores')}"
             )
     if name == "vllm":
@@ -150,6 +166,16 @@ def served(
                 how = f"--dtype {dtype or args.dtype}: computes {computed}"
                 break
     return out, how
+
+
+# chunk size -> (the model thread's busy share of the last hf level, inputs/s inside its batches)
+MODEL_SIDE: dict[int, tuple[float, float]] = {}
+
+
+def _batches(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/metrics/batches", timeout=10) as answer:
+        counts: dict[str, float] = json.load(answer)
+    return counts
 
 
 def _engines(args: argparse.Namespace, placement_dtype: str) -> list[str]:
@@ -259,7 +285,9 @@ def main() -> None:
         for repeat in range(1, args.repeats + 1):
             steal_before = _cpu_times()
             results: dict[str, dict[int, tuple[float, int]]] = {}
-            ways = [(t, None) for t in sorted({torch_threads(), 1}, reverse=True)]
+            ways: list[tuple[int, int | None]] = [
+                (t, None) for t in sorted({torch_threads(), 1}, reverse=True)
+            ]
             if args.device == "cpu" and cores > 1:
                 ways.append((1, given_cores()[-1]))  # the core the server binds one thread to
             for threads, core in ways:
@@ -305,6 +333,15 @@ def main() -> None:
                 print(f"{label[:66]:<66} {cells}")
                 for n in sizes:
                     rows.setdefault((label, n), []).append(got[n][0])
+            print(
+                "built-in server's model thread: "
+                + ", ".join(
+                    f"{n} tok busy {MODEL_SIDE[n][0]:.0%} of the level, "
+                    f"{MODEL_SIDE[n][1]:.1f} inputs/s in its batches"
+                    for n in sizes
+                    if n in MODEL_SIDE
+                )
+            )
             for ref, got in vllm:
                 print(
                     f"built-in / {ref}: "
