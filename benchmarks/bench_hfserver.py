@@ -22,7 +22,9 @@ real tokenizer, no model work) against nginx answering a fixed body, same client
 ``nginx`` on PATH (Debian: ``apt-get install -y nginx``).
 
 On a machine with few cores the client shares them with the server; direct encode has no client
-beside it, so the ratio is a lower bound of the server's own efficiency.
+beside it. Direct encode runs the model eager, and the built-in server on a CPU runs it compiled
+(torch.compile): the server's row can read above 1. What its front end costs is in the line under
+the table: the model thread's busy share of each level and its inputs/s inside its batches.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ the same texts are encoded directly (``SentenceTransformer.encode``, one process
 dtype the server computed in and in batches of the highest level's concurrency, while the server
 sits idle; the server's inputs/s at that level over the direct figure is stored with the run
 (:class:`~embedsweep.records.HarnessCheck`) and shown next to every ``hf`` figure, so a slow
-harness is never read as a slow model.
+harness is never read as a slow model. Direct encode runs the model eager; a server that ran it
+compiled (torch.compile on a CPU, its ``runtime``) can read above 1, and then the ratio no longer
+shows what its front end costs (``model_busy_s`` on ``/metrics/batches`` does).
 
 Direct encode runs with torch's default threads and with one, the faster counting (on a shared
 host one thread can win), each for at most :data:`BUDGET_S` seconds of texts. Only a CPU server is

@@ -29,7 +29,7 @@ os.environ.setdefault("EMBEDSWEEP_ENGINES_ROOT", os.path.join(_state, "engines")
 # The built-in servers the tests start run their models eager: compiling costs ~35 s a start, and
 # exact-vector tests compare with eager encode. tests/integration/test_hfserver_compile.py starts
 # one compiled server (the default a user gets on a CPU) and checks it.
-os.environ.setdefault("EMBEDSWEEP_HF_COMPILE", "off")
+os.environ["EMBEDSWEEP_HF_COMPILE"] = "off"
 
 
 def pytest_report_header() -> list[str]:

@@ -70,6 +70,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    if args.compile not in ("auto", "on", "off"):  # argparse does not check a default
+        raise SystemExit(f"EMBEDSWEEP_HF_COMPILE must be auto, on or off, not {args.compile!r}")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             device=device,
             dtype=placement.dtype,
             trust_remote_code=args.trust_remote_code,
-            # A graph for the placement's threads and for the one the governor may go down to.
+            # A graph for the placement's threads and for the one the governor goes down to
+            # beside a busy process (counts in between, on hosts of 3 or more cores, run eager).
             compile_threads=(placement.model_threads, 1) if compile_model else (),
         )
         log.info("model runtime: %s", embedder.runtime)
@@ -152,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             "model_threads_now": governor.threads if governor else placement.model_threads,
             "thread_changes": governor.changes if governor else 0,
             "model_cores": ",".join(str(c) for c in model_cores) if device == "cpu" else None,
+            "compiled_batches": getattr(embedder, "compiled_batches", 0),
             "max_wait_ms": args.max_wait_ms,
             "max_batch_tokens": args.max_batch_tokens,
         }

@@ -197,15 +197,15 @@ class Batcher:
                 self._governor.tick()
             started = time.monotonic()
             try:
-                self._run(jobs)
+                self._run(jobs, started)
             except Exception as exc:  # a model failure fails this batch, not the server
+                self.busy_s += time.monotonic() - started
                 for job in jobs:
                     _settle(job, None, exc)
             self._last_rows = sum(job.count for job in jobs)
             self._last_s = time.monotonic() - started
-            self.busy_s += self._last_s
 
-    def _run(self, jobs: list[_Job]) -> None:
+    def _run(self, jobs: list[_Job], started: float) -> None:
         # Every row of every job, shortest first; the vectors go back in each job's order.
         order = sorted(
             ((length, j, i) for j, job in enumerate(jobs) for i, length in enumerate(job.lengths)),
@@ -235,6 +235,7 @@ class Batcher:
         flush()
         self.batches += 1
         self.inputs += len(order)
+        self.busy_s += time.monotonic() - started  # counted before anyone hears of the batch
         for j, job in enumerate(jobs):
             _settle(job, EmbedResult(out[j], sum(job.lengths)), None)
 

@@ -112,6 +112,8 @@ class Embedder:
         self.runtime = f"torch {torch.__version__} eager, {attention or 'default'} attention"
         self._compiled: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self._compiled_threads: frozenset[int] = frozenset()
+        self._on_cpu = device == "cpu"
+        self.compiled_batches = 0  # batches the compiled graph ran (the rest ran eager)
         if compile_threads:
             self._compile(compile_threads, f"{attention or 'default'} attention")
 
@@ -119,16 +121,19 @@ class Embedder:
         """The model through torch.compile (Inductor, weights frozen into the graph: constant
         folded and prepacked for oneDNN), compiled now by the warm-up batches; on any failure (no
         C++ compiler, an operation Inductor cannot take) the model stays eager and the log says
-        why. Measured on this CPU, one thread, bfloat16, 16 inputs a batch, beside a busy
-        process: 32 tokens 263 inputs/s against eager's 234, 128 tokens 58 against 51 (unfrozen:
-        55), cosine to eager >= 0.99994; compiling takes 20-40 s, once per start."""
+        why. Measured on this CPU, one thread, bfloat16, 16 inputs a batch: 32 tokens ~255
+        inputs/s against eager's ~237, 128 tokens ~55-58 against ~51, cosine to eager >= 0.99994;
+        compiling takes 20-40 s, once per start. After the warm-up a shape that would need a new
+        graph (a batch of one-token rows: dynamo specialises a length of one) runs eager rather
+        than stall every client while it compiles."""
         torch = self._torch
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
         # Both dimensions dynamic, and the batch's unbacked (embed marks it): one graph for every
         # batch, one row included. Inductor's CPU kernels are built for a thread count, so there
-        # is one graph per count in THREADS; a batch at any other count runs eager.
+        # is one graph per count in THREADS (a GPU's kernels are not: one graph); a batch at any
+        # other count runs eager.
         self._compiled = torch.compile(self.model, dynamic=True)
         before = torch.get_num_threads()
         try:
@@ -146,6 +151,7 @@ class Embedder:
         finally:
             torch.set_num_threads(before)
         self._compiled_threads = frozenset(threads)
+        torch.compiler.set_stance("eager_on_recompile")
         self.runtime = (
             f"torch {torch.__version__} compiled (Inductor, frozen weights; "
             f"{'/'.join(str(t) for t in sorted(self._compiled_threads))} thread(s)), {attention}"
@@ -217,8 +223,11 @@ class Embedder:
         device = self.model.device
         features = {k: torch.from_numpy(v).to(device) for k, v in self.pad(encoded).items()}
         forward: Callable[[dict[str, Any]], dict[str, Any]] = self.model
-        if self._compiled is not None and torch.get_num_threads() in self._compiled_threads:
+        if self._compiled is not None and (
+            not self._on_cpu or torch.get_num_threads() in self._compiled_threads
+        ):
             forward = self._compiled
+            self.compiled_batches += 1
             for tensor in features.values():
                 torch._dynamo.decorators.mark_unbacked(tensor, 0)
         with self._torch.inference_mode():

@@ -5,7 +5,7 @@ records what it measured.
 
 On a CPU the model's intra-op threads spin at their barriers, and a thread descheduled by
 another process stalls every one of them: the model gets the given cores while they are free, and
-one thread, on a core of its own, when other processes take a share (the governor below); the
+fewer when other processes take a share (the governor below; one thread has a core of its own); the
 front end (HTTP, JSON, tokenizing) runs between batches on any core. Half precision on a CPU is
 bfloat16, and only where the CPU computes it natively (AVX-512 BF16 or AMX): elsewhere it is
 slower than float32. A CPU ``auto`` dtype picks it there, since vLLM's CPU build also serves a
@@ -93,7 +93,10 @@ def choose(
         if dtype == "auto":
             native = cpu_has_bf16() if bf16 is None else bf16
             dtype = "bfloat16" if native else "float32"
-        frontend = f"asyncio loop and tokenizer on the other {frontend_cores} core(s)"
+        frontend = (
+            f"asyncio loop and tokenizer, unbound: {frontend_cores} core(s) the model leaves, "
+            "and the model's between batches"
+        )
         if frontend_cores == 0:
             frontend = "asyncio loop and tokenizer between the model's batches"
     else:

@@ -62,6 +62,17 @@ def _embed(server: ServerProcess, texts: list[str]) -> np.ndarray:
     return np.asarray([d["embedding"] for d in body["data"]], dtype=np.float64)
 
 
+def _embed_ids(server: ServerProcess, ids: list[list[int]]) -> np.ndarray:
+    request = urllib.request.Request(
+        f"{server.url}/v1/embeddings",
+        data=json.dumps({"input": ids}).encode(),
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        body = json.load(answer)
+    return np.asarray([d["embedding"] for d in body["data"]], dtype=np.float64)
+
+
 def _recompiles_after_start(server: ServerProcess) -> list[str]:
     log = server.log_path.read_text(errors="replace")
     assert "serving m on http" in log
@@ -77,6 +88,7 @@ def test_compiled_at_start_and_every_batch_shape_is_the_models_without_recompili
 
     info = _info(server)
     assert "compiled (Inductor, frozen weights" in info["runtime"]
+    compiled_before = info["compiled_batches"]
     # Start-up compiled a graph per thread count: the second is a recompilation, logged (which
     # shows that this log would show one while serving too).
     started = server.log_path.read_text(errors="replace").split("serving m on http", 1)[0]
@@ -92,16 +104,23 @@ def test_compiled_at_start_and_every_batch_shape_is_the_models_without_recompili
         cosines = (served * reference).sum(1) / np.linalg.norm(reference, axis=1)
         assert cosines.min() >= 0.999, (rows, tokens)  # the fidelity probe's half precision
         np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
+    assert _info(server)["compiled_batches"] >= compiled_before + 5  # each a batch of the graph
     assert _recompiles_after_start(server) == []
+    # A one-token row (token ids as given): a length the graph does not take runs eager at once.
+    one = _embed_ids(server, [[7592]])
+    assert one.shape == (1, 384)
+    np.testing.assert_allclose(np.linalg.norm(one, axis=1), 1.0, atol=1e-5)
+    assert len(_recompiles_after_start(server)) <= 1  # looked at, not compiled
 
 
 @pytest.mark.skipif(len(given_cores()) < 2, reason="one core: the model has one thread anyway")
 def test_the_governors_one_thread_has_its_own_graph(
     server: ServerProcess, minilm_dir: Path
 ) -> None:
-    assert _info(server)["model_threads_now"] == len(given_cores())
+    before = _info(server)
     texts = Calibrator(load_tokenizer(minilm_dir)).texts(32, 64, seed=1)
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])]
+    cores = len(given_cores())
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores - 1)]
     try:
         time.sleep(0.5)
         run_level_sync(
@@ -114,6 +133,7 @@ def test_the_governors_one_thread_has_its_own_graph(
             proc.kill()
             proc.wait()
     assert during["model_threads_now"] == 1
+    assert during["compiled_batches"] > before["compiled_batches"]  # the graph ran, not eager
     assert _recompiles_after_start(server) == []
 
 

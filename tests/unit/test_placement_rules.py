@@ -28,7 +28,7 @@ def test_a_cpu_model_gets_the_given_cores_and_bfloat16_only_where_native() -> No
     assert choose("cpu", "auto", cores=8, bf16=False).dtype == "float32"
     assert choose("cpu", "float32", cores=2, bf16=True).dtype == "float32"
     assert choose("cpu", "auto", cores=4, model_threads=3).model_threads == 3
-    assert "other 1 core(s)" in choose("cpu", "auto", cores=4, model_threads=3).frontend
+    assert "1 core(s) the model leaves" in choose("cpu", "auto", cores=4, model_threads=3).frontend
 
 
 def test_a_gpu_model_is_half_precision_by_default() -> None:
