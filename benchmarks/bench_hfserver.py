@@ -97,8 +97,10 @@ def served(
     texts: dict[int, list[str]],
     args: argparse.Namespace,
     extra: tuple[str, ...] = (),
-) -> tuple[dict[int, tuple[float, int]], str]:
-    """inputs/s and bad responses per chunk size through ENGINE ("hf" or an installed ref)."""
+) -> tuple[dict[int, tuple[float, int]], str, dict[int, tuple[float, float]]]:
+    """inputs/s and bad responses per chunk size through ENGINE ("hf" or an installed ref), how it
+    ran, and for the built-in server per chunk size the model thread's busy share of the level and
+    its inputs/s inside its batches (empty for an engine)."""
     engine, _, dtype = engine.partition(":")
     name, _, version = engine.partition("@")
     command: tuple[str, ...] = ()
@@ -125,6 +127,7 @@ def served(
     log = LOGS / f"{name}-{dtype or args.dtype}.log"
     server = server_for(name, launch, log)
     out: dict[int, tuple[float, int]] = {}
+    model_side: dict[int, tuple[float, float]] = {}
     how = ""
     with server:
         server.wait_healthy(600)
@@ -148,7 +151,7 @@ def served(
                 # its batches: what the front end costs is the gap between those and the level.
                 after = _batches(server.url)
                 busy = after["model_busy_s"] - before["model_busy_s"]
-                MODEL_SIDE[n] = (
+                model_side[n] = (
                     busy / (time.monotonic() - started),
                     (after["inputs"] - before["inputs"]) / max(busy, 1e-9),
                 )
@@ -167,11 +170,7 @@ def served(
                 computed = line[line.index("dtype=") :].split(",")[0].removeprefix("dtype=torch.")
                 how = f"--dtype {dtype or args.dtype}: computes {computed}"
                 break
-    return out, how
-
-
-# chunk size -> (the model thread's busy share of the last hf level, inputs/s inside its batches)
-MODEL_SIDE: dict[int, tuple[float, float]] = {}
+    return out, how, model_side
 
 
 def _batches(url: str) -> dict[str, float]:
@@ -311,10 +310,10 @@ def main() -> None:
                     )
                     for n, chunk in texts.items()
                 }
-            hf, how = served("hf", meta.path, texts, args, tuple(args.hf_args.split()))
+            hf, how, model_side = served("hf", meta.path, texts, args, tuple(args.hf_args.split()))
             results[f"built-in server ({how})"] = hf
             for engine in engines:
-                got, how = served(engine, meta.path, texts, args)
+                got, how, _ = served(engine, meta.path, texts, args)
                 results[f"{engine} ({how})"] = got
             direct = {
                 n: max(r[n][0] for k, r in results.items() if k.startswith("direct")) for n in sizes
@@ -338,10 +337,10 @@ def main() -> None:
             print(
                 "built-in server's model thread: "
                 + ", ".join(
-                    f"{n} tok busy {MODEL_SIDE[n][0]:.0%} of the level, "
-                    f"{MODEL_SIDE[n][1]:.1f} inputs/s in its batches"
+                    f"{n} tok busy {model_side[n][0]:.0%} of the level, "
+                    f"{model_side[n][1]:.1f} inputs/s in its batches"
                     for n in sizes
-                    if n in MODEL_SIDE
+                    if n in model_side
                 )
             )
             for ref, got in vllm:

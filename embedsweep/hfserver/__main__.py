@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             "model_threads_now": governor.threads if governor else placement.model_threads,
             "thread_changes": governor.changes if governor else 0,
             "model_cores": ",".join(str(c) for c in model_cores) if device == "cpu" else None,
-            "compiled_batches": getattr(embedder, "compiled_batches", 0),
+            "compiled_batches": embedder.compiled_batches,
             "max_wait_ms": args.max_wait_ms,
             "max_batch_tokens": args.max_batch_tokens,
         }

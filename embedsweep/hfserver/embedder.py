@@ -244,6 +244,7 @@ class NullModel:
     What the server does around the model costs the same; what it reaches is its own ceiling."""
 
     runtime = "null model (no model work)"
+    compiled_batches = 0
 
     def __init__(self, model_dir: Path, config: dict[str, Any]) -> None:
         from transformers import AutoTokenizer

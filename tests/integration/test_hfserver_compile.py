@@ -6,17 +6,15 @@ server says why and serves eager."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from hfserver_calls import API_KEY, embed, served_info
 
 from embedsweep.calibrate import Calibrator, load_tokenizer
 from embedsweep.engines import Launch, server_for
@@ -25,7 +23,6 @@ from embedsweep.hfserver.placement import given_cores
 from embedsweep.loadgen import build_payloads, run_level_sync
 
 pytestmark = pytest.mark.integration
-API_KEY = "test-key-not-secret"
 RECOMPILED = "Recompiling function"
 
 
@@ -45,34 +42,6 @@ def server(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield proc
 
 
-def _info(server: ServerProcess) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{server.url}/embedsweep/info", timeout=10) as answer:
-        info: dict[str, Any] = json.load(answer)
-    return info
-
-
-def _embed(server: ServerProcess, texts: list[str]) -> np.ndarray:
-    request = urllib.request.Request(
-        f"{server.url}/v1/embeddings",
-        data=json.dumps({"input": texts}).encode(),
-        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=120) as answer:
-        body = json.load(answer)
-    return np.asarray([d["embedding"] for d in body["data"]], dtype=np.float64)
-
-
-def _embed_ids(server: ServerProcess, ids: list[list[int]]) -> np.ndarray:
-    request = urllib.request.Request(
-        f"{server.url}/v1/embeddings",
-        data=json.dumps({"input": ids}).encode(),
-        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=120) as answer:
-        body = json.load(answer)
-    return np.asarray([d["embedding"] for d in body["data"]], dtype=np.float64)
-
-
 def _recompiles_after_start(server: ServerProcess) -> list[str]:
     log = server.log_path.read_text(errors="replace")
     assert "serving m on http" in log
@@ -86,7 +55,7 @@ def test_compiled_at_start_and_every_batch_shape_is_the_models_without_recompili
 ) -> None:
     from sentence_transformers import SentenceTransformer
 
-    info = _info(server)
+    info = served_info(server)
     assert "compiled (Inductor, frozen weights" in info["runtime"]
     compiled_before = info["compiled_batches"]
     # Start-up compiled a graph per thread count: the second is a recompilation, logged (which
@@ -99,15 +68,16 @@ def test_compiled_at_start_and_every_batch_shape_is_the_models_without_recompili
     # ran, each a batch of its own.
     for rows, tokens in ((1, 8), (3, 100), (16, 32), (2, 256), (1, 255)):
         texts = calibrator.texts(tokens, rows, seed=rows * 1000 + tokens)
-        served = _embed(server, texts)
+        served = embed(server, texts)
         reference = reference_model.encode(texts)
         cosines = (served * reference).sum(1) / np.linalg.norm(reference, axis=1)
         assert cosines.min() >= 0.999, (rows, tokens)  # the fidelity probe's half precision
         np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
-    assert _info(server)["compiled_batches"] >= compiled_before + 5  # each a batch of the graph
+    # Each of those was a batch of the graph.
+    assert served_info(server)["compiled_batches"] >= compiled_before + 5
     assert _recompiles_after_start(server) == []
     # A one-token row (token ids as given): a length the graph does not take runs eager at once.
-    one = _embed_ids(server, [[7592]])
+    one = embed(server, [[7592]])
     assert one.shape == (1, 384)
     np.testing.assert_allclose(np.linalg.norm(one, axis=1), 1.0, atol=1e-5)
     assert len(_recompiles_after_start(server)) <= 1  # looked at, not compiled
@@ -117,7 +87,7 @@ def test_compiled_at_start_and_every_batch_shape_is_the_models_without_recompili
 def test_the_governors_one_thread_has_its_own_graph(
     server: ServerProcess, minilm_dir: Path
 ) -> None:
-    before = _info(server)
+    before = served_info(server)
     texts = Calibrator(load_tokenizer(minilm_dir)).texts(32, 64, seed=1)
     cores = len(given_cores())
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores - 1)]
@@ -127,7 +97,7 @@ def test_the_governors_one_thread_has_its_own_graph(
             server.url, build_payloads("m", texts, 1), 32, concurrency=4, duration_s=4.0,
             api_key=API_KEY,
         )  # fmt: skip
-        during = _info(server)
+        during = served_info(server)
     finally:
         for proc in busy:
             proc.kill()
@@ -142,8 +112,8 @@ def test_a_failed_compile_serves_eager_and_says_why(minilm_dir: Path, tmp_path: 
     launch = _launch(minilm_dir, CXX="/bin/false", TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "ic"))
     with server_for("hf", launch, tmp_path / "server.log") as proc:
         proc.wait_healthy(300)
-        assert "eager" in _info(proc)["runtime"]
-        assert _embed(proc, ["still served"]).shape == (1, 384)
+        assert "eager" in served_info(proc)["runtime"]
+        assert embed(proc, ["still served"]).shape == (1, 384)
         log = proc.log_path.read_text(errors="replace")
     assert "torch.compile failed (InductorError" in log
     assert "the model runs eager" in log

@@ -4,17 +4,15 @@ up a thread, and takes it back when the process ends."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from hfserver_calls import API_KEY, embed, served_info
 
 from embedsweep.calibrate import Calibrator, load_tokenizer
 from embedsweep.engines import Launch, server_for
@@ -23,7 +21,6 @@ from embedsweep.hfserver.placement import cpu_has_bf16, given_cores
 from embedsweep.loadgen import build_payloads, run_level_sync
 
 pytestmark = pytest.mark.integration
-API_KEY = "test-key-not-secret"
 
 
 @pytest.fixture(scope="module")
@@ -35,23 +32,6 @@ def server(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with server_for("hf", launch, tmp_path_factory.mktemp("hf") / "server.log") as proc:
         proc.wait_healthy(120)
         yield proc
-
-
-def _info(server: ServerProcess) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{server.url}/embedsweep/info", timeout=10) as answer:
-        info: dict[str, Any] = json.load(answer)
-    return info
-
-
-def _embed(server: ServerProcess, texts: list[str]) -> np.ndarray:
-    request = urllib.request.Request(
-        f"{server.url}/v1/embeddings",
-        data=json.dumps({"input": texts}).encode(),
-        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as answer:
-        body = json.load(answer)
-    return np.asarray([d["embedding"] for d in body["data"]], dtype=np.float64)
 
 
 def _load(server: ServerProcess, minilm_dir: Path, seconds: float) -> None:
@@ -68,14 +48,14 @@ def test_the_default_dtype_is_the_cpus_native_half_and_the_vectors_are_the_model
 ) -> None:
     from sentence_transformers import SentenceTransformer
 
-    info = _info(server)
+    info = served_info(server)
     assert info["device"] == "cpu"
     assert info["dtype"] == ("bfloat16" if cpu_has_bf16() else "float32")
     assert info["cores"] == len(given_cores())
     assert info["model_threads"] == len(given_cores())
     assert "torch" in info["runtime"]
     texts = ["hello world", "The quick brown fox jumps over the lazy dog.", "Привет, мир"]
-    served = _embed(server, texts)
+    served = embed(server, texts)
     reference = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts)
     cosines = (served * reference).sum(1) / np.linalg.norm(reference, axis=1)
     assert cosines.min() >= 0.999  # the half-precision threshold of the fidelity probe
@@ -88,13 +68,13 @@ def test_a_busy_process_takes_a_thread_and_gives_it_back(
     server: ServerProcess, minilm_dir: Path
 ) -> None:
     cores = len(given_cores())
-    before = _info(server)
+    before = served_info(server)
     assert before["model_threads_now"] == cores
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores - 1)]
     try:
         time.sleep(0.5)
         _load(server, minilm_dir, 4.0)
-        during = _info(server)
+        during = served_info(server)
     finally:
         for proc in busy:
             proc.kill()
@@ -106,7 +86,7 @@ def test_a_busy_process_takes_a_thread_and_gives_it_back(
     assert before["model_cores"] == all_cores
     assert during["model_cores"] == str(given_cores()[-1])
     _load(server, minilm_dir, 4.0)
-    after = _info(server)
+    after = served_info(server)
     assert after["model_threads_now"] == cores
     assert after["thread_changes"] > during["thread_changes"]
     assert after["model_cores"] == all_cores
