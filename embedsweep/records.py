@@ -297,6 +297,29 @@ class RunManifest(_Frozen):
         description="Whether the engine's usage can reveal a truncated input (False: an "
         "over-length input is answered 200 with the count capped).",
     )
+    dtype_requested: str | None = Field(
+        default=None,
+        description="The sweep's dtype for the model: auto or a pinned name.",
+    )
+    dtype: str | None = Field(
+        default=None,
+        description="The dtype the engine was started with: the sweep's, auto resolved once per "
+        "(model, pool) (embedsweep.precision), so every engine of a comparison gets the same.",
+    )
+    served_dtype: str | None = Field(
+        default=None,
+        description="The dtype the engine says it computed in (the built-in server's info, vLLM's "
+        "start-up log); None when it does not say.",
+    )
+    dtype_note: str | None = Field(
+        default=None,
+        description="A finding: the engine served another dtype than it was started with.",
+    )
+    startup: str | None = Field(
+        default=None,
+        description="How the built-in server started its model: compiled (torch.compile, "
+        "compiled now), cached (compiled graphs reused from an earlier start) or eager.",
+    )
     fidelity: FidelityResult | None = Field(
         default=None,
         description="The fidelity probe after the levels (None: not measured, or turned off). "

@@ -50,6 +50,7 @@ from embedsweep.report_model import (
     finite_number,
     notes,
     peaks,
+    precision_note,
     problems,
     series_key,
     servers,
@@ -79,8 +80,10 @@ __all__ = [
     "cheapest",
     "fidelity_runs",
     "finite_number",
+    "markdown_text",
     "notes",
     "peaks",
+    "precision_note",
     "problems",
     "render",
     "render_query",
@@ -95,7 +98,7 @@ __all__ = [
 ReportFormat = Literal["table", "markdown", "json", "html"]
 
 
-def _md_cell(text: str) -> str:
+def markdown_text(text: str) -> str:
     # Markdown passes raw HTML through, and a Prefect artifact or a GitHub page would render a
     # model name like "<script>" as markup: escape it, as the HTML page does.
     text = html.escape(text, quote=False)
@@ -104,10 +107,12 @@ def _md_cell(text: str) -> str:
 
 def _md_table(columns: Sequence[Column], rows: Sequence[ReportRow]) -> str:
     lines = [
-        "| " + " | ".join(_md_cell(c.header) for c in columns) + " |",
+        "| " + " | ".join(markdown_text(c.header) for c in columns) + " |",
         "|" + "|".join("---:" if c.right else "---" for c in columns) + "|",
     ]
-    lines.extend("| " + " | ".join(_md_cell(c.cell(row)) for c in columns) + " |" for row in rows)
+    lines.extend(
+        "| " + " | ".join(markdown_text(c.cell(row)) for c in columns) + " |" for row in rows
+    )
     return "\n".join(lines)
 
 

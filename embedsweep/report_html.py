@@ -384,8 +384,12 @@ def _run_labels(
     """The legend label of each run on one chart: its series, and where two runs of one series
     share the chart (two engine versions, or two runs of one cell), what tells them apart."""
     labels: dict[tuple[SeriesKey, str], str] = {}
+    # Where the chart's runs were served at different dtypes, each label names its own.
+    dtypes = {str(rows[0].get("dtype")) for rows in series.values()}
     for key, run_id in series:
         label = _series_label(key, show_batch)
+        if len(dtypes) > 1:
+            label += f" · {series[(key, run_id)][0].get('dtype') or 'dtype unknown'}"
         twins = [run for run in series if run[0] == key]
         if len(twins) > 1:
             versions = {str(series[run][0].get("engine_version")) for run in twins}

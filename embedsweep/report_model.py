@@ -27,6 +27,7 @@ __all__ = [
     "NO_PRICES_NOTE",
     "OPEN_LOOP_COLUMNS",
     "PEAK_COLUMNS",
+    "PRECISION_NOTE",
     "PROBLEM_COLUMNS",
     "SERVERS_NOTE",
     "SERVER_COLUMNS",
@@ -39,6 +40,7 @@ __all__ = [
     "finite_number",
     "notes",
     "peaks",
+    "precision_note",
     "problems",
     "series_key",
     "servers",
@@ -210,6 +212,7 @@ def _engine(row: ReportRow) -> str:
 COMPARISON_COLUMNS: tuple[Column, ...] = (
     Column("model", lambda r: _text(r.get("model"))),
     Column("engine", _engine),
+    Column("dtype", lambda r: _text(r.get("dtype")), drop=1),
     Column("pool", lambda r: _text(r.get("pool")), drop=4),
     Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
     Column("conc", lambda r: _integer(r.get("concurrency")), True),
@@ -234,6 +237,7 @@ OPEN_LOOP_COLUMNS: tuple[Column, ...] = (
 FULL_COLUMNS: tuple[Column, ...] = (
     Column("model", lambda r: _text(r.get("model")), False),
     Column("engine", lambda r: _engine_route(r), False),
+    Column("dtype", lambda r: _text(r.get("dtype")), False),
     Column("pool", lambda r: _text(r.get("pool")), False),
     Column("gpu", lambda r: _text(r.get("gpu_model")), False),
     Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
@@ -291,6 +295,7 @@ PROBLEM_COLUMNS: tuple[Column, ...] = (
 PEAK_COLUMNS: tuple[Column, ...] = (
     Column("model", lambda r: _text(r.get("model")), False),
     Column("engine", _engine, False),
+    Column("dtype", lambda r: _text(r.get("dtype")), False),
     Column("pool", lambda r: _text(r.get("pool")), False),
     Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
     Column("batch", lambda r: _integer(r.get("batch_size")), True),
@@ -306,6 +311,7 @@ PEAK_COLUMNS: tuple[Column, ...] = (
 CHEAPEST_COLUMNS: tuple[Column, ...] = (
     Column("model", lambda r: _text(r.get("model")), False),
     Column("engine", _engine, False),
+    Column("dtype", lambda r: _text(r.get("dtype")), False),
     Column("pool", lambda r: _text(r.get("pool")), False),
     Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
     Column("batch", lambda r: _integer(r.get("batch_size")), True),
@@ -320,7 +326,9 @@ SERVER_COLUMNS: tuple[Column, ...] = (
     Column("model", lambda r: _text(r.get("model")), False),
     Column("engine", lambda r: _text(r.get("engine")), False),
     Column("pool", lambda r: _text(r.get("pool")), False),
+    Column("dtype", lambda r: _text(r.get("dtype")), False),
     Column("chunk sizes", lambda r: ", ".join(str(c) for c in r.get("chunk_sizes", ())), False),
+    Column("start", lambda r: _text(r.get("startup")), False),
     Column("healthy after s", lambda r: _rate(r.get("server_startup_s")), True),
 )
 
@@ -350,7 +358,14 @@ FIDELITY_SECTION_NOTE = (
 )
 SERVERS_NOTE = (
     "Each engine server served every chunk size of its model and pool; 'healthy after' is its "
-    "start-up, from launch to a healthy /health."
+    "start-up, from launch to a healthy /health; 'start' is how the built-in server started its "
+    "model: eager, compiled (torch.compile, compiled at this start) or cached (compiled graphs "
+    "reused from an earlier start)."
+)
+PRECISION_NOTE = (
+    "Mixed precision: {which}. Figures measured at different dtypes compare the precisions as "
+    "much as the engines; pin one dtype for the model (dtype: in the sweep file) to compare like "
+    "for like."
 )
 NO_PRICES_NOTE = (
     "No prices were given (cost_per_gpu_hour is 0 for every pool that ran), so there is no cost "
@@ -520,7 +535,9 @@ def servers(rows: Sequence[ReportRow]) -> list[ReportRow]:
                 "model": row.get("model"),
                 "engine": engine,
                 "pool": row.get("pool"),
+                "dtype": row.get("dtype"),
                 "chunk_sizes": [],
+                "startup": row.get("startup"),
                 "server_startup_s": row.get("server_startup_s"),
             }
         chunks = found[server]["chunk_sizes"]
@@ -536,6 +553,39 @@ def summary_line(rows: Sequence[ReportRow]) -> str:
     return f"Sweeps: {names} · cells: {counts} · {len(rows)} rows"
 
 
+def precision_note(rows: Sequence[ReportRow]) -> str | None:
+    """One note when measured rows that a table compares (one model, one chunk size) were served
+    at different dtypes, or an engine served another dtype than it was started with; None when
+    every comparison is like for like."""
+    by_model: dict[tuple[object, object], dict[str, set[str]]] = {}
+    mismatches: list[str] = []
+    for row in rows:
+        dtype = row.get("dtype")
+        if not _measured(row) or not isinstance(dtype, str):
+            continue
+        engines = by_model.setdefault((row.get("model"), row.get("chunk_size")), {})
+        engines.setdefault(dtype, set()).add(_text(row.get("engine")))
+        note = row.get("dtype_note")
+        if isinstance(note, str) and note:
+            found = f"{_text(row.get('engine'))} {note}"
+            if found not in mismatches:
+                mismatches.append(found)
+    parts: list[str] = []
+    seen: set[str] = set()
+    for (model, _), dtypes in by_model.items():
+        if len(dtypes) < 2:
+            continue
+        served = ", ".join(
+            f"{'/'.join(sorted(engines))} {dtype}" for dtype, engines in sorted(dtypes.items())
+        )
+        part = f"{_text(model)} was served as {served}"
+        if part not in seen:
+            seen.add(part)
+            parts.append(part)
+    parts += mismatches
+    return PRECISION_NOTE.format(which="; ".join(parts)) if parts else None
+
+
 def notes(rows: Sequence[ReportRow]) -> list[str]:
     """The notes that explain the marks in ROWS' status column."""
     marks = {_status(row) for row in rows}
@@ -548,4 +598,7 @@ def notes(rows: Sequence[ReportRow]) -> list[str]:
         found.append(BUSY_HOST_NOTE)
     if any(row.get("engine") == "hf" and row.get("concurrency") is not None for row in rows):
         found.append(BUILT_IN_NOTE)
+    mixed = precision_note(rows)
+    if mixed:
+        found.append(mixed)
     return found

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedsweep import precision
 from embedsweep.config import Cell, EngineCommand, LoadSpec, PoolSpec, split_engine
 from embedsweep.engines import Launch, server_for
 from embedsweep.engines.process import ServerProcess, free_port, port_is_free
@@ -295,9 +296,19 @@ class _Measured:
     harness: HarnessCheck | None = None
     usage_counting: str | None = None
     usage_trusted: bool | None = None
+    dtype_requested: str | None = None
+    dtype: str | None = None
+    served_dtype: str | None = None
+    dtype_note: str | None = None
+    startup: str | None = None
 
     def fields(self) -> dict[str, object]:
         return {
+            "dtype_requested": self.dtype_requested,
+            "dtype": self.dtype,
+            "served_dtype": self.served_dtype,
+            "dtype_note": self.dtype_note,
+            "startup": self.startup,
             # A failed run keeps the levels it measured (the last one marked partial).
             "levels": self.levels,
             "fidelity": self.fidelity,
@@ -440,7 +451,10 @@ def _launch(
         port=free_port(),
         api_key=secrets.token_urlsafe(24),
         max_input_tokens=max_input_tokens,
-        dtype=cell.model.dtype,
+        # One precision per comparison: auto resolved once, the same for every engine.
+        dtype=precision.resolve(
+            cell.model.dtype, on_gpu=devices != ("cpu",), stored_dtype=meta.stored_dtype
+        ),
         revision=cell.model.revision,
         trust_remote_code=cell.model.trust_remote_code,
         tensor_parallel_size=cell.pool.tensor_parallel_size,
@@ -780,6 +794,13 @@ def _measure_group(
                 progress(0, f"{cell.label}: starting {final.engine}")
             healthy_s = server.wait_healthy(plan.startup_timeout_s)
             outs[0].time_to_healthy_s = healthy_s
+            served, startup = _served_precision(final.engine, server)
+            for out in outs:
+                out.dtype_requested, out.dtype = cell.model.dtype, launch.dtype
+                out.served_dtype, out.startup = served, startup
+                out.dtype_note = precision.served_mismatch(launch.dtype, served)
+            if outs[0].dtype_note:
+                _log.warning("%s: %s", cell.label, outs[0].dtype_note)
             died: ServerError | None = None
             for item, out in zip(items, outs, strict=True):
                 out.server_id = server_id
@@ -808,6 +829,24 @@ def _measure_group(
                 if died is None and item is not items[-1]:
                     write_manifest(item.run_dir, item.result)
                     _discard_pending(item.run_dir)
+
+
+def _served_precision(engine: str, server: ServerProcess) -> tuple[str | None, str | None]:
+    """The dtype a healthy server says it computes in (the built-in server's info, vLLM's
+    start-up log; None when it does not say), and for the built-in server how its model started
+    (compiled, cached or eager)."""
+    from embedsweep import fidelity
+
+    if engine == "hf":
+        from embedsweep.harness import server_info
+
+        info = server_info(server.url) or {}
+        dtype, startup = info.get("dtype"), info.get("startup")
+        return (
+            dtype if isinstance(dtype, str) else None,
+            startup if isinstance(startup, str) else None,
+        )
+    return fidelity.logged_dtype(server.log_path), None
 
 
 def _measure_item(

@@ -342,6 +342,11 @@ def _run_row(manifest: RunManifest, path: Path) -> list[object]:
         m.fidelity.verdict if m.fidelity else None,
         m.usage_counting,
         m.usage_trusted,
+        m.dtype_requested,
+        m.dtype,
+        m.served_dtype,
+        m.dtype_note,
+        m.startup,
     ]
 
 

@@ -416,6 +416,9 @@ def _problems_markdown(
     rows: list[dict[str, Any]], regressions: list[dict[str, Any]], threshold: float
 ) -> str:
     lines = [f"# {report.summary_line(rows)}", ""]
+    mixed = report.precision_note(rows)
+    if mixed:
+        lines += [report.markdown_text(mixed), ""]
     problems = report.problems(rows)
     if problems:
         lines += ["## Cells that did not run or did not finish", ""]
@@ -497,6 +500,7 @@ def _publish(
         "model",
         "engine",
         "engine_version",
+        "dtype",
         "pool",
         "chunk_size",
         "concurrency",

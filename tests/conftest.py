@@ -27,8 +27,8 @@ os.environ.setdefault("EMBEDSWEEP_STATE_DIR", _state)
 os.environ.setdefault("EMBEDSWEEP_LOCK_DIR", os.path.join(_state, "locks"))
 os.environ.setdefault("EMBEDSWEEP_ENGINES_ROOT", os.path.join(_state, "engines"))
 # The built-in servers the tests start run their models eager: compiling costs ~35 s a start, and
-# exact-vector tests compare with eager encode. tests/integration/test_hfserver_compile.py starts
-# one compiled server (the default a user gets on a CPU) and checks it.
+# exact-vector tests compare with eager encode (eager is also the default a user gets).
+# tests/integration/test_hfserver_compile.py starts compiled servers (--compile on) and checks them.
 os.environ["EMBEDSWEEP_HF_COMPILE"] = "off"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from embedsweep.engines.base import Launch, UsageCounting, cuda_devices
+from embedsweep.engines.pidfiles import state_dir
 
 __all__ = ["HFAdapter"]
 
@@ -33,7 +34,10 @@ class HFAdapter:
         return argv
 
     def environment(self, launch: Launch) -> dict[str, str]:
-        env = {**launch.env, "EMBEDSWEEP_API_KEY": launch.api_key}
+        # Inductor's cache (a --compile on start) under embedsweep's state folder, reused by
+        # the next start, never a temporary folder that a reboot empties.
+        defaults = {"TORCHINDUCTOR_CACHE_DIR": str(state_dir() / "inductor-cache")}
+        env = {**defaults, **launch.env, "EMBEDSWEEP_API_KEY": launch.api_key}
         if launch.devices != ("cpu",):
             env.update(cuda_devices(launch))
         return env

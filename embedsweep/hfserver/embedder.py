@@ -106,6 +106,13 @@ class Embedder:
         self._pad_left = getattr(self.tokenizer, "padding_side", "right") == "left"
         normalizes = any(type(m).__name__ == "Normalize" for m in self.model)
         self._renormalize = normalizes and self.dtype != "float32"
+        # A compiled graph keeps transformers' SDPA (the kernel would break the graph).
+        if (
+            device == "cpu"
+            and self.dtype == "bfloat16"
+            and not (trust_remote_code or compile_threads)
+        ):
+            self._use_range_attention()
         attention = getattr(
             getattr(self._auto_model(), "config", None), "_attn_implementation", None
         )
@@ -114,8 +121,26 @@ class Embedder:
         self._compiled_threads: frozenset[int] = frozenset()
         self._on_cpu = device == "cpu"
         self.compiled_batches = 0  # batches the compiled graph ran (the rest ran eager)
+        # How the model started: eager, compiled (graphs compiled now) or cached (every graph
+        # from Inductor's cache of an earlier start).
+        self.startup = "eager"
         if compile_threads:
             self._compile(compile_threads, f"{attention or 'default'} attention")
+
+    def _use_range_attention(self) -> None:
+        """The model's attention through embedsweep's bfloat16 kernel
+        (``embedsweep.hfserver.attention``) where it is built and the model takes a registered
+        attention; otherwise it stays as loaded."""
+        from embedsweep.hfserver import attention
+
+        auto_model = self._auto_model()
+        setter = getattr(auto_model, "set_attn_implementation", None)
+        if setter is None or not attention.install() or attention.kernel() is None:
+            return
+        try:
+            setter(attention.NAME)
+        except (ValueError, TypeError, AttributeError) as exc:  # an architecture without it
+            _log.info("the model keeps its attention (%s)", str(exc).splitlines()[0][:200])
 
     def _compile(self, threads: tuple[int, ...], attention: str) -> None:
         """The model through torch.compile (Inductor, weights frozen into the graph: constant
@@ -128,8 +153,11 @@ class Embedder:
         than stall every client while it compiles."""
         torch = self._torch
         import torch._inductor.config as inductor_config
+        from torch._dynamo.utils import counters
 
         inductor_config.freezing = True
+        hits = counters["inductor"]["fxgraph_cache_hit"]
+        misses = counters["inductor"]["fxgraph_cache_miss"]
         # Both dimensions dynamic, and the batch's unbacked (embed marks it): one graph for every
         # batch, one row included. Inductor's CPU kernels are built for a thread count, so there
         # is one graph per count in THREADS (a GPU's kernels are not: one graph); a batch at any
@@ -151,6 +179,9 @@ class Embedder:
         finally:
             torch.set_num_threads(before)
         self._compiled_threads = frozenset(threads)
+        hit = counters["inductor"]["fxgraph_cache_hit"] > hits
+        missed = counters["inductor"]["fxgraph_cache_miss"] > misses
+        self.startup = "cached" if hit and not missed else "compiled"
         torch.compiler.set_stance("eager_on_recompile")
         self.runtime = (
             f"torch {torch.__version__} compiled (Inductor, frozen weights; "
@@ -245,6 +276,7 @@ class NullModel:
 
     runtime = "null model (no model work)"
     compiled_batches = 0
+    startup = "eager"
 
     def __init__(self, model_dir: Path, config: dict[str, Any]) -> None:
         from transformers import AutoTokenizer

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from embedsweep.precision import cpu_has_bf16, resolve
+
 __all__ = [
     "Placement",
     "ThreadGovernor",
@@ -32,9 +34,6 @@ __all__ = [
 
 _log = logging.getLogger("embedsweep.hfserver")
 
-# Flags in /proc/cpuinfo that mean bfloat16 matrix arithmetic in hardware.
-_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
 
 def given_cores() -> tuple[int, ...]:
     """The CPUs this process may run on (its affinity), in order."""
@@ -42,19 +41,6 @@ def given_cores() -> tuple[int, ...]:
         return tuple(sorted(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return tuple(range(os.cpu_count() or 1))
-
-
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU does bfloat16 matrix arithmetic in hardware."""
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[-1].split())
-            return any(flag in flags for flag in _BF16_FLAGS)
-    return False
 
 
 @dataclass(frozen=True)
@@ -90,9 +76,7 @@ def choose(
     if device == "cpu":
         threads = model_threads or count
         frontend_cores = max(count - threads, 0)
-        if dtype == "auto":
-            native = cpu_has_bf16() if bf16 is None else bf16
-            dtype = "bfloat16" if native else "float32"
+        dtype = resolve(dtype, on_gpu=False, bf16=bf16)
         frontend = (
             f"asyncio loop and tokenizer, unbound: {frontend_cores} core(s) the model leaves, "
             "and the model's between batches"
@@ -102,8 +86,7 @@ def choose(
     else:
         # The GPU does the model's work; a CPU thread only launches it.
         threads = model_threads or 1
-        if dtype == "auto":
-            dtype = "bfloat16" if stored_dtype == "bfloat16" else "float16"
+        dtype = resolve(dtype, on_gpu=True, stored_dtype=stored_dtype)
         frontend = f"asyncio loop and tokenizer on {count} core(s)"
     return Placement(
         device=device, dtype=dtype, cores=count, model_threads=threads, frontend=frontend

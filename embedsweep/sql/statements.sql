@@ -35,9 +35,10 @@ INSERT INTO runs (
     gpu_model, gpu_count, cost_per_gpu_hour, chunk_size, batch_size, status, reason, message,
     engine_version, max_input_tokens, time_to_healthy_s, seed, started_at, finished_at, ingested_at,
     host, devices, port_released, gpu_memory_released, server_id, fidelity, usage_counting,
-    usage_trusted
+    usage_trusted, dtype_requested, dtype, served_dtype, dtype_note, startup
 ) VALUES (
-    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+    ?, ?, ?, ?, ?
 );
 
 -- name: insert_fidelity
@@ -167,7 +168,14 @@ SELECT
     (SELECT h.dtype FROM harness_checks AS h WHERE h.run_id = v_results.run_id)
         AS harness_dtype,
     (SELECT h.note FROM harness_checks AS h WHERE h.run_id = v_results.run_id)
-        AS harness_note
+        AS harness_note,
+    (SELECT coalesce(r.served_dtype, r.dtype) FROM runs AS r WHERE r.run_id = v_results.run_id)
+        AS dtype,
+    (SELECT r.dtype_requested FROM runs AS r WHERE r.run_id = v_results.run_id)
+        AS dtype_requested,
+    (SELECT r.dtype FROM runs AS r WHERE r.run_id = v_results.run_id) AS dtype_started,
+    (SELECT r.dtype_note FROM runs AS r WHERE r.run_id = v_results.run_id) AS dtype_note,
+    (SELECT r.startup FROM runs AS r WHERE r.run_id = v_results.run_id) AS startup
 FROM v_results
 WHERE CASE
     WHEN CAST(? AS VARCHAR) IS NULL THEN is_latest

@@ -47,6 +47,8 @@ def swept(
     spec["load"].update(
         {"chunk_sizes": [32, 128, 512], "concurrency": [1, 4], "requests_per_level": 60}
     )
+    # dtype left unset (the file pins float32): auto is resolved once, for all three engines.
+    spec["models"][0].pop("dtype", None)
     spec.update(warehouse=str(tmp / "w.duckdb"), artifacts=str(tmp / "runs"))
     sweep = tmp / "sweep.yaml"
     sweep.write_text(yaml.safe_dump(spec))
@@ -180,3 +182,37 @@ def test_an_infinity_level_is_labelled_with_its_counting_rule(
     markdown = _cli("report", "--warehouse", str(tmp / "w.duckdb"), "--format", "markdown",
                     env=env).stdout  # fmt: skip
     assert "tokens_without_special" in markdown
+
+
+def test_dtype_unset_serves_every_engine_at_one_precision(
+    swept: tuple[Path, dict[str, str]],
+) -> None:
+    from embedsweep.precision import cpu_has_bf16
+
+    tmp, env = swept
+    want = "bfloat16" if cpu_has_bf16() else "float32"
+    runs = _sql(
+        tmp / "w.duckdb",
+        "SELECT engine, any_value(dtype_requested) AS asked, any_value(dtype) AS started, "
+        "any_value(served_dtype) AS served, count(dtype_note) AS notes FROM runs "
+        "WHERE status = 'ok' GROUP BY engine ORDER BY engine",
+        env,
+    )
+    assert [(r["engine"], r["asked"], r["started"]) for r in runs] == [
+        ("hf", "auto", want),
+        ("infinity", "auto", want),
+        ("vllm", "auto", want),
+    ]
+    served = {r["engine"]: r["served"] for r in runs}
+    # The built-in server's info and vLLM's own start-up log say what they computed in;
+    # Infinity does not say.
+    assert served == {"hf": want, "infinity": None, "vllm": want}
+    assert all(r["notes"] == 0 for r in runs)
+    compare = _sql(tmp / "w.duckdb", "SELECT DISTINCT dtype FROM v_compare", env)
+    assert compare == [{"dtype": want}]
+    done = _cli("report", "--warehouse", str(tmp / "w.duckdb"), "--format", "json", env=env)
+    assert done.returncode == 0, done.stderr
+    measured = [r for r in json.loads(done.stdout) if r["status"] == "ok"]
+    assert {r["dtype"] for r in measured} == {want}
+    table = _cli("report", "--warehouse", str(tmp / "w.duckdb"), env={**env, "COLUMNS": "200"})
+    assert "Mixed precision" not in table.stdout

@@ -71,7 +71,11 @@ def test_hf_on_cpu_and_gpu(tmp_path: Path) -> None:
     assert _flag(argv, "--model") == str(tmp_path)
     assert _flag(argv, "--device") == "cpu"
     assert KEY not in " ".join(argv)
-    assert adapter_for("hf").environment(cpu) == {"EMBEDSWEEP_API_KEY": KEY}
+    env = adapter_for("hf").environment(cpu)
+    assert env["EMBEDSWEEP_API_KEY"] == KEY
+    # A --compile on start keeps Inductor's cache under the state folder for the next start.
+    assert env["TORCHINDUCTOR_CACHE_DIR"].endswith("inductor-cache")
+    assert set(env) == {"EMBEDSWEEP_API_KEY", "TORCHINDUCTOR_CACHE_DIR"}
     gpu = adapter_for("hf").environment(_launch())
     assert gpu["CUDA_VISIBLE_DEVICES"] == "2,3"
 

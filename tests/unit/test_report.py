@@ -102,20 +102,23 @@ def test_markdown_comparison_carries_every_figure() -> None:
     lines = _section(render(ROWS, "markdown"), "Comparison")
 
     assert lines[0] == (
-        "| model | engine | pool | gpu | chunk | batch | mode | conc | offered rps | status "
-        "| reason | rps | inputs/s | tok/s | p50 ms | p90 ms | p95 ms | p99 ms | max ms | mean ms "
-        "| $/M tok | lag p99 ms | tok mismatch | usage counts | other cores | fidelity "
+        "| model | engine | dtype | pool | gpu | chunk | batch | mode | conc | offered rps "
+        "| status | reason | rps | inputs/s | tok/s | p50 ms | p90 ms | p95 ms | p99 ms | max ms "
+        "| mean ms | $/M tok | lag p99 ms | tok mismatch | usage counts | other cores | fidelity "
         "| min cosine |"
     )
     assert lines[1] == (
-        "|---|---|---|---|---:|---:|---|---:|---:|---|---|" + "---:|" * 12 + "---|---:|---|---:|"
+        "|---|---|---|---|---|---:|---:|---|---:|---:|---|---|"
+        + "---:|" * 12
+        + "---|---:|---|---:|"
     )
     assert lines[2] == (
-        "| e5-base-v2 | vllm | a100 | NVIDIA A100 | 512 | 1 | - | 16 |  | ok | - | 812.3 "
+        "| e5-base-v2 | vllm | - | a100 | NVIDIA A100 | 512 | 1 | - | 16 |  | ok | - | 812.3 "
         "| 812.3 | 415,921 | 4.57 | 9.10 | - | 123 | - | 5.00 | 0.0012 |  | 0 | - | - | - | - |"
     )
     assert lines[3].startswith(
-        "| NV-Embed-v2 | hf (built-in; planned vllm) | a100 | NVIDIA A100 | 512 | 1 | - | - | - | "
+        "| NV-Embed-v2 | hf (built-in; planned vllm) | - | a100 | NVIDIA A100 | 512 | 1 | - | - "
+        "| - | "
         "blocked "
         "| unsupported_architecture | - |"
     )
@@ -141,8 +144,8 @@ def test_markdown_peaks_take_the_fastest_level_per_series_and_chunk() -> None:
     lines = _section(render(rows, "markdown"), "Peak throughput")
 
     assert len(lines) == 4
-    assert lines[2].startswith("| e5-base-v2 | vllm | a100 | 512 | 1 | - | 4 | 300 |")
-    assert lines[3].startswith("| e5-base-v2 | vllm | a100 | 128 | 1 | - | 8 | 50 |")
+    assert lines[2].startswith("| e5-base-v2 | vllm | - | a100 | 512 | 1 | - | 4 | 300 |")
+    assert lines[3].startswith("| e5-base-v2 | vllm | - | a100 | 128 | 1 | - | 8 | 50 |")
 
 
 def test_markdown_cost_lists_the_cheapest_level_or_says_no_prices() -> None:
@@ -154,7 +157,9 @@ def test_markdown_cost_lists_the_cheapest_level_or_says_no_prices() -> None:
     unpriced = _section(render([row(cost_per_million_tokens=None)], "markdown"), "Cost")
 
     assert len(lines) == 3
-    assert lines[2].startswith("| e5-base-v2 | vllm | a100 | 512 | 1 | 8 | 0.002 | 500,000,000 |")
+    assert lines[2].startswith(
+        "| e5-base-v2 | vllm | - | a100 | 512 | 1 | 8 | 0.002 | 500,000,000 |"
+    )
     assert unpriced == [NO_PRICES_NOTE]
 
 
@@ -200,6 +205,7 @@ def test_table_shows_formatted_numbers_and_blocked_cells() -> None:
     assert ok_line.split() == [
         "e5-base-v2",
         "vllm",
+        "-",
         "a100",
         "512",
         "16",
@@ -290,7 +296,7 @@ def test_servers_are_listed_once_with_the_chunk_sizes_they_served() -> None:
     assert "38.2" in table
     markdown = render(rows, "markdown")
     assert "## Servers" in markdown
-    assert "| e5-base-v2 | vllm 0.32.0 | a100 | 32, 128 | 38.2 |" in markdown
+    assert "| e5-base-v2 | vllm 0.32.0 | a100 | - | 32, 128 | - | 38.2 |" in markdown
     # Rows without a server (written before servers were shared) show no servers section.
     assert "Servers" not in render([row()], "table", width=160)
 
@@ -494,5 +500,5 @@ def test_the_terminal_table_fits_its_width_and_says_what_it_left_out(width: int)
     prose = " ".join(text.split())
     if width == 72:
         assert f"Left out to fit {width} columns: " in prose
-        assert "No row has a figure for: fidelity." in prose
+        assert "No row has a figure for: dtype, fidelity." in prose
     assert "NVEmbedModel | not in vLLM's registry" in prose

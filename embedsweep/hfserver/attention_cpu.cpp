@@ -1,0 +1,280 @@
+// Attention for long inputs on an x86 CPU with AVX-512 BF16: bfloat16 q, k, v, float32 scores.
+//
+// Each query row's valid keys are one contiguous range: the row's sequence occupies positions
+// [start, end) of the padded batch (left or right padding), and a causal row i sees
+// [start, min(i + 1, end)). So no (rows x keys) mask is ever built, and a causal row skips the
+// keys after it. Per (batch, KV head) the keys are packed once as bfloat16 pairs along the head
+// dimension and the values as pairs of keys, the layouts _mm512_dpbf16_ps multiplies: 16 keys'
+// scores per instruction pair, and 16 output dimensions per key pair. Softmax runs over the whole
+// row at once (its scores fit in L2: 32 KiB at 8,192 keys), exp2 by a degree-6 polynomial and
+// scalef, probabilities rounded to bfloat16 for the value product, as torch's own flash kernel
+// rounds them. Rows outside their sequence get zeros.
+//
+// Built at first use by embedsweep.hfserver.attention (torch.utils.cpp_extension) and run on
+// torch's own OpenMP threads (at::parallel_for).
+
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+inline __m512 exp2_ps(__m512 x) {
+  // 2^x for x <= 0: 2^floor(x) * 2^frac(x), the fraction by its Taylor polynomial.
+  x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
+  const __m512 whole = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, whole);
+  __m512 p = _mm512_set1_ps(1.540353e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, whole);
+}
+
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+}  // namespace
+
+// q: [B, H, N, D]; k, v: [B, Hk, N, D] (bfloat16, contiguous); ranges: [B, 2] int32 (start, end)
+// of each sequence. Returns [B, N, H, D] bfloat16, the layout transformers reshapes to [B, N, H*D].
+template <int64_t C>
+void rows(const uint16_t* qd, const uint32_t* kp, const uint32_t* vp, const int32_t* rd,
+          uint16_t* od, int64_t B, int64_t H, int64_t Hk, int64_t N, int64_t D, bool causal,
+          float scale2);
+
+torch::Tensor attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor ranges,
+                        bool causal, double scale) {
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 &&
+                  v.scalar_type() == at::kBFloat16,
+              "bfloat16 q, k, v expected");
+  q = q.contiguous();
+  k = k.contiguous();
+  v = v.contiguous();
+  auto range = ranges.to(at::kInt).contiguous();
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
+  const int64_t Hk = k.size(1);
+  TORCH_CHECK(D % 16 == 0 && D <= 512, "head size must be a multiple of 16, at most 512");
+  TORCH_CHECK(H % Hk == 0 && k.size(2) == N && v.size(2) == N, "shapes do not match");
+  const int64_t pairs = D / 2, chunks = D / 16;
+  // Keys padded by 32 (two vectors past the last), values by one key (whole pairs).
+  const int64_t Nk = N + 32, Nv = (N + 1) / 2;
+  std::vector<uint32_t> kp(static_cast<size_t>(B * Hk * pairs * Nk), 0u);
+  std::vector<uint32_t> vp(static_cast<size_t>(B * Hk * Nv * D), 0u);
+  const uint16_t* kd = reinterpret_cast<const uint16_t*>(k.data_ptr<at::BFloat16>());
+  const uint16_t* vd = reinterpret_cast<const uint16_t*>(v.data_ptr<at::BFloat16>());
+  at::parallel_for(0, B * Hk, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const uint16_t* ks = kd + bh * N * D;
+      const uint16_t* vs = vd + bh * N * D;
+      uint32_t* kt = kp.data() + bh * pairs * Nk;
+      uint32_t* vt = vp.data() + bh * Nv * D;
+      for (int64_t j = 0; j < N; ++j) {
+        const uint32_t* row = reinterpret_cast<const uint32_t*>(ks + j * D);
+        for (int64_t p = 0; p < pairs; ++p) kt[p * Nk + j] = row[p];
+        const uint16_t* vrow = vs + j * D;
+        uint16_t* pair = reinterpret_cast<uint16_t*>(vt + (j / 2) * D);
+        for (int64_t d = 0; d < D; ++d) pair[d * 2 + (j & 1)] = vrow[d];
+      }
+    }
+  });
+  auto out = torch::zeros({B, N, H, D}, q.options());
+  const uint16_t* qd = reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>());
+  uint16_t* od = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const int32_t* rd = range.data_ptr<int32_t>();
+  const float scale2 = static_cast<float>(scale) * 1.4426950408889634f;  // log2(e)
+  const uint32_t* kpd = kp.data();
+  const uint32_t* vpd = vp.data();
+  switch (chunks) {
+#define EMBEDSWEEP_ROWS(n) \
+  case n:                  \
+    rows<n>(qd, kpd, vpd, rd, od, B, H, Hk, N, D, causal, scale2); \
+    break;
+    EMBEDSWEEP_ROWS(1)
+    EMBEDSWEEP_ROWS(2)
+    EMBEDSWEEP_ROWS(3)
+    EMBEDSWEEP_ROWS(4)
+    EMBEDSWEEP_ROWS(5)
+    EMBEDSWEEP_ROWS(6)
+    EMBEDSWEEP_ROWS(7)
+    EMBEDSWEEP_ROWS(8)
+#undef EMBEDSWEEP_ROWS
+    default:
+      rows<0>(qd, kpd, vpd, rd, od, B, H, Hk, N, D, causal, scale2);
+  }
+  return out;
+}
+
+inline __mmask16 key_lanes(int64_t j, int64_t lo, int64_t hi) {
+  // Lanes of keys j .. j + 15 inside [lo, hi).
+  if (j >= hi) return 0;
+  __mmask16 lanes = first_lanes(hi - j);
+  if (j < lo) lanes &= static_cast<__mmask16>(~((1u << (lo - j)) - 1u));
+  return lanes;
+}
+
+template <int64_t C>
+void rows(const uint16_t* qd, const uint32_t* kp, const uint32_t* vp, const int32_t* rd,
+          uint16_t* od, int64_t B, int64_t H, int64_t Hk, int64_t N, int64_t D, bool causal,
+          float scale2) {
+  // C: output vectors of 16 dimensions (D / 16), fixed for the common sizes so the
+  // accumulators stay in registers; 0: any size. A task is QB query rows of one head; it walks
+  // the keys in blocks of KB (keys and values of a block stay in L1 while every row of the task
+  // uses them), R rows at a time (each load of keys or values serves R rows), with the
+  // online softmax: a row's running maximum, sum and output are rescaled when the maximum grows.
+  constexpr int64_t R = C == 0 ? 1 : (C <= 4 ? 4 : (C <= 8 ? 2 : 1));
+  constexpr int64_t QB = 32;
+  const int64_t pairs = D / 2, chunks = C == 0 ? D / 16 : C;
+  const int64_t Nk = N + 32, Nv = (N + 1) / 2;
+  const int64_t KB = std::max<int64_t>(32, (8192 / D) / 32 * 32);
+  const int64_t group = H / Hk;
+  const int64_t blocks = (N + QB - 1) / QB;
+  at::parallel_for(0, B * H * blocks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t stride = KB + 48;
+    std::vector<float> scores(static_cast<size_t>(R * stride));
+    std::vector<uint16_t> probs(static_cast<size_t>(R * stride), 0);
+    std::vector<float> outs(static_cast<size_t>(QB * D));
+    float top[QB], total[QB];
+    std::vector<__m512> spill(static_cast<size_t>(C == 0 ? chunks : 0));
+    __m512 fixed[R * (C == 0 ? 1 : C)];
+    __m512* acc = C == 0 ? spill.data() : fixed;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / (H * blocks), h = (task / blocks) % H, rb = task % blocks;
+      const int64_t start = rd[b * 2], stop = rd[b * 2 + 1];
+      const int64_t first = std::max(rb * QB, start);
+      const int64_t after = std::min(std::min(N, (rb + 1) * QB), stop);
+      if (first >= after) continue;  // padding rows only: zeros
+      const int64_t hk = h / group;
+      const uint32_t* kt = kp + (b * Hk + hk) * pairs * Nk;
+      const uint32_t* vt = vp + (b * Hk + hk) * Nv * D;
+      const int64_t rows_n = after - first;
+      for (int64_t r = 0; r < rows_n; ++r) {
+        top[r] = -INFINITY;
+        total[r] = 0.0f;
+      }
+      std::fill(outs.begin(), outs.begin() + rows_n * D, 0.0f);
+      const int64_t key_end = causal ? std::min(after, stop) : stop;
+      for (int64_t kb0 = start & ~int64_t{1}; kb0 < key_end; kb0 += KB) {
+        const int64_t kb1 = std::min(kb0 + KB, key_end);
+        for (int64_t g = 0; g < rows_n; g += R) {
+          const int64_t n = std::min<int64_t>(R, rows_n - g);
+          int64_t hi[R];
+          const uint32_t* qrow[R];
+          for (int64_t r = 0; r < R; ++r) {
+            const int64_t i = first + g + std::min(r, n - 1);
+            const int64_t last = causal ? std::min<int64_t>(i + 1, stop) : stop;
+            hi[r] = r < n ? std::min(kb1, last) : kb0;  // this block's keys end for row r
+            qrow[r] = reinterpret_cast<const uint32_t*>(qd + ((b * H + h) * N + i) * D);
+          }
+          int64_t block_end = kb0;
+          for (int64_t r = 0; r < R; ++r) block_end = std::max(block_end, hi[r]);
+          if (block_end <= kb0) continue;  // causal rows before this block
+          __m512 most[R];
+          for (int64_t r = 0; r < R; ++r) most[r] = _mm512_set1_ps(-INFINITY);
+          // Scores (base 2), 32 keys a step: 2R independent sums hide vdpbf16ps's latency.
+          for (int64_t j = kb0; j < block_end; j += 32) {
+            __m512 s[2 * R];
+            for (int64_t a = 0; a < 2 * R; ++a) s[a] = _mm512_setzero_ps();
+            for (int64_t p = 0; p < pairs; ++p) {
+              const __m512bh lo = (__m512bh)_mm512_loadu_si512(kt + p * Nk + j);
+              const __m512bh up = (__m512bh)_mm512_loadu_si512(kt + p * Nk + j + 16);
+              for (int64_t r = 0; r < R; ++r) {
+                const __m512bh query = (__m512bh)_mm512_set1_epi32(qrow[r][p]);
+                s[2 * r] = _mm512_dpbf16_ps(s[2 * r], lo, query);
+                s[2 * r + 1] = _mm512_dpbf16_ps(s[2 * r + 1], up, query);
+              }
+            }
+            for (int64_t r = 0; r < R; ++r) {
+              for (int64_t half = 0; half < 2; ++half) {
+                const int64_t at = j + 16 * half;
+                const __m512 scaled = _mm512_mul_ps(s[2 * r + half], _mm512_set1_ps(scale2));
+                _mm512_storeu_ps(scores.data() + r * stride + (at - kb0), scaled);
+                most[r] = _mm512_mask_max_ps(most[r], key_lanes(at, start, hi[r]), most[r], scaled);
+              }
+            }
+          }
+          // Probabilities against the new running maximum; the old sum and output rescaled.
+          float alpha[R];
+          for (int64_t r = 0; r < R; ++r) {
+            uint16_t* row = probs.data() + r * stride;
+            const int64_t pad_end = block_end + 2 - kb0;
+            if (r >= n || hi[r] <= kb0) {
+              std::fill(row, row + pad_end, uint16_t{0});
+              alpha[r] = 1.0f;
+              continue;
+            }
+            const int64_t q = g + r;
+            const float grown = std::max(top[q], _mm512_reduce_max_ps(most[r]));
+            alpha[r] = std::exp2(top[q] - grown);
+            top[q] = grown;
+            const __m512 shift = _mm512_set1_ps(grown);
+            __m512 sum = _mm512_setzero_ps();
+            for (int64_t j = kb0; j < block_end; j += 16) {
+              const __mmask16 lanes = key_lanes(j, start, hi[r]);
+              const __m512 x = _mm512_loadu_ps(scores.data() + r * stride + (j - kb0));
+              const __m512 e = _mm512_maskz_mov_ps(lanes, exp2_ps(_mm512_sub_ps(x, shift)));
+              sum = _mm512_add_ps(sum, e);
+              _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + (j - kb0)),
+                                  (__m256i)_mm512_cvtneps_pbh(e));
+            }
+            for (int64_t j = ((block_end - kb0 + 15) / 16) * 16; j < pad_end; ++j) row[j] = 0;
+            total[q] = total[q] * alpha[r] + _mm512_reduce_add_ps(sum);
+          }
+          // Output += sum over key pairs of (p_j, p_j+1) . (v_j, v_j+1), 16 dimensions a step.
+          for (int64_t r = 0; r < R; ++r) {
+            const __m512 scale = _mm512_set1_ps(alpha[r]);
+            const float* held = outs.data() + (g + std::min(r, n - 1)) * D;
+            for (int64_t c = 0; c < chunks; ++c) {
+              acc[r * chunks + c] = _mm512_mul_ps(_mm512_loadu_ps(held + c * 16), scale);
+            }
+          }
+          for (int64_t m = kb0 / 2; m < (block_end + 1) / 2; ++m) {
+            __m512bh weights[R];
+            for (int64_t r = 0; r < R; ++r) {
+              uint32_t pp;
+              std::memcpy(&pp, probs.data() + r * stride + (2 * m - kb0), sizeof(pp));
+              weights[r] = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp));
+            }
+            const uint32_t* pair = vt + m * D;
+            for (int64_t c = 0; c < chunks; ++c) {
+              const __m512bh values = (__m512bh)_mm512_loadu_si512(pair + c * 16);
+              for (int64_t r = 0; r < R; ++r) {
+                acc[r * chunks + c] = _mm512_dpbf16_ps(acc[r * chunks + c], values, weights[r]);
+              }
+            }
+          }
+          for (int64_t r = 0; r < n; ++r) {
+            float* held = outs.data() + (g + r) * D;
+            for (int64_t c = 0; c < chunks; ++c) _mm512_storeu_ps(held + c * 16, acc[r * chunks + c]);
+          }
+        }
+      }
+      for (int64_t r = 0; r < rows_n; ++r) {
+        const __m512 inv = _mm512_set1_ps(1.0f / total[r]);
+        const float* held = outs.data() + r * D;
+        uint16_t* orow = od + ((b * N + first + r) * H + h) * D;
+        for (int64_t c = 0; c < chunks; ++c) {
+          const __m512 scaled = _mm512_mul_ps(_mm512_loadu_ps(held + c * 16), inv);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + c * 16),
+                              (__m256i)_mm512_cvtneps_pbh(scaled));
+        }
+      }
+    }
+  });
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("attention", &attention, "range-masked bfloat16 attention (AVX-512 BF16)",
+        py::call_guard<py::gil_scoped_release>());
+}
