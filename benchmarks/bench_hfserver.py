@@ -108,7 +108,9 @@ def served(
     """inputs/s and bad responses per chunk size through ENGINE ("hf" or an installed ref), how it
     ran, and for the built-in server per chunk size the model thread's busy share of the level and
     its inputs/s inside its batches (empty for an engine)."""
-    engine, _, dtype = engine.partition(":")
+    # "vllm@0.32.0:bfloat16:KEY=VALUE,KEY=VALUE": an engine, its dtype, and extra environment.
+    engine, _, rest = engine.partition(":")
+    dtype, _, extra_env = rest.partition(":")
     name, _, version = engine.partition("@")
     command: tuple[str, ...] = ()
     build = None
@@ -128,10 +130,15 @@ def served(
         version=version or None,
         build=build,
         extra_args=extra,
-        env=dict(e.split("=", 1) for e in args.hf_env.split()) if name == "hf" else {},
+        env=dict(e.split("=", 1) for e in args.hf_env.split())
+        if name == "hf"
+        else dict(e.split("=", 1) for e in extra_env.split(",") if e),
     )
     LOGS.mkdir(exist_ok=True)
-    log = LOGS / f"{name}-{dtype or args.dtype}.log"
+    log = (
+        LOGS
+        / f"{name}-{dtype or args.dtype}{'-' + str(abs(hash(extra_env))) if extra_env else ''}.log"
+    )
     server = server_for(name, launch, log)
     out: dict[int, tuple[float, int]] = {}
     model_side: dict[int, tuple[float, float]] = {}
@@ -268,7 +275,11 @@ def main() -> None:
     parser.add_argument(
         "--engines",
         default="",
-        help="engines to compare, e.g. vllm@0.32.0 (default: every installed vLLM; none: none)",
+        help=(
+            "engines to compare, each REF[:DTYPE[:KEY=VALUE,...]] (extra environment), e.g. "
+            "vllm@0.32.0:bfloat16:VLLM_CPU_NUM_OF_RESERVED_CPU=0 (default: every installed "
+            "vLLM; none: none)"
+        ),
     )
     parser.add_argument("--hf-args", default="", help="more arguments for the built-in server")
     parser.add_argument("--hf-env", default="", help="KEY=VALUE ... for the built-in server")

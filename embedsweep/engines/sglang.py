@@ -26,6 +26,9 @@ class SGLangAdapter:
             "--mem-fraction-static", str(launch.gpu_memory_utilization),
             "--tp-size", str(launch.tensor_parallel_size),
             "--api-key", launch.api_key,
+            # Repeated texts (warm-up, then every level) would be answered from the radix
+            # (prefix) cache: the figure would measure the cache, not the model.
+            "--disable-radix-cache",
         ]  # fmt: skip
         if launch.revision:
             argv += ["--revision", launch.revision]

@@ -154,10 +154,15 @@ def test_every_engine_serves_the_models_vectors(swept: tuple[Path, dict[str, str
     assert [(r["engine"], r["chunk_size"]) for r in rows] == [
         (e, c) for e in ("hf", "infinity", "vllm") for c in (32, 128)
     ]
+    from embedsweep.fidelity import threshold_for
+    from embedsweep.precision import resolve
+
+    # Served at the sweep's one precision (bfloat16 on this CPU): its threshold.
+    needed = threshold_for(resolve("auto", on_gpu=False))
     for row in rows:
         assert row["verdict"] == "passed", row
-        assert row["min_cosine"] >= 0.9999
-        assert row["invariance_min_cosine"] >= 0.9999
+        assert row["min_cosine"] >= needed
+        assert row["invariance_min_cosine"] >= needed
         assert (row["dimension"], row["normalized"]) == (384, True)
         assert row["texts"] >= 12
         assert row["reference"].startswith("sentence-transformers")

@@ -45,6 +45,8 @@ def test_vllm_command_follows_the_version(version: str | None, present: str, abs
     assert present in argv
     assert absent not in argv
     assert _flag(argv, "--max-model-len") == "512"
+    # Repeated benchmark texts must not be answered from vLLM's prefix cache (0.10 and later).
+    assert ("--no-enable-prefix-caching" in argv) == (present == "--runner")
     assert _flag(argv, "--host") == "127.0.0.1"
     assert _flag(argv, "--revision") == "abc123"
     assert _flag(argv, "--tensor-parallel-size") == "2"
@@ -60,6 +62,7 @@ def test_sglang_context_is_one_more_than_the_longest_input() -> None:
     assert argv[:3] == ["python", "-m", "sglang.launch_server"]
     assert _flag(argv, "--context-length") == "513"
     assert "--is-embedding" in argv
+    assert "--disable-radix-cache" in argv
     assert "--trust-remote-code" in argv
     assert _flag(argv, "--tp-size") == "2"
 
@@ -118,7 +121,9 @@ def test_vllm_gpu_build_gets_no_cpu_backend_settings(tmp_path: Path) -> None:
 def test_cpu_environment_leaves_one_core_to_the_api_server() -> None:
     from embedsweep.engines.vllm import cpu_environment
 
-    assert cpu_environment(2)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    # One core for the API server where there are cores to spare; on two the model gets both.
+    assert cpu_environment(4)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    assert cpu_environment(2)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     assert cpu_environment(1)["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
 
 
