@@ -344,7 +344,8 @@ BUILT_IN_NOTE = (
     "run's top concurrency over direct sentence-transformers encode of the same texts, same dtype "
     "and batch, on the same host, measured once per run (table harness_checks). Near 1: the "
     "figures are the model's; well below: the harness, not the model, set them; above 1: the "
-    "server ran the model compiled (torch.compile on a CPU), direct encode runs it eager."
+    "server ran faster kernels than sentence-transformers as shipped (its own bfloat16 attention "
+    "on a CPU, or torch.compile with --compile on)."
 )
 FIDELITY_NOTE = (
     "fidelity_failed = the level ran, but the served vectors are not the model's (the fidelity "
