@@ -26,7 +26,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NAME", "available", "extents", "install", "kernel", "kernel_dir", "reference"]
+__all__ = [
+    "NAME",
+    "available",
+    "extents",
+    "install",
+    "kernel",
+    "kernel_calls",
+    "kernel_dir",
+    "reference",
+]
 
 NAME = "embedsweep"
 _SOURCE = Path(__file__).with_name("attention_cpu.cpp")
@@ -132,6 +141,18 @@ def _mask(
 ) -> Any:
     # transformers' mask interface: the extents instead of a 4-D mask (None: no padding); what
     # extents cannot describe (a query shorter than its keys) gets transformers' own mask.
+    from transformers import masking_utils
+
+    plain = kwargs.get("mask_function") in (
+        masking_utils.causal_mask_function,
+        masking_utils.bidirectional_mask_function,
+    )
+    # A sliding window or a composed mask (packed sequences) is not one range per row.
+    if not plain or kwargs.get("local_size") is not None:
+        return masking_utils.sdpa_mask(
+            batch_size, q_length, kv_length, q_offset, kv_offset,
+            attention_mask=attention_mask, **kwargs,
+        )  # fmt: skip
     if attention_mask is None:
         return None
     if q_length != kv_length or q_offset or kv_offset or attention_mask.shape[-1] != kv_length:
@@ -207,12 +228,18 @@ def _attention(
     if ranges is None:
         ranges = torch.tensor([[0, n]] * batch, dtype=torch.int32)
     if fits:
+        _loaded["calls"] = _loaded.get("calls", 0) + 1
         return module_kernel.attention(query, key, value, ranges, causal, float(scale)), None
     if bool((ranges[:, 0] == 0).all()) and bool((ranges[:, 1] == n).all()):
         return sdpa_attention_forward(
             module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs
         )
     return reference(query, key, value, ranges, causal, float(scale)), None
+
+
+def kernel_calls() -> int:
+    """How many attention calls the kernel has run in this process (the rest ran SDPA)."""
+    return int(_loaded.get("calls", 0))
 
 
 def install() -> bool:

@@ -83,7 +83,16 @@ def _served(
     monkeypatch.setattr(attention, "_loaded", {})
     embedder = Embedder(model_dir, dtype="bfloat16")
     assert ("embedsweep attention" in embedder.runtime) == (mode == "auto")
-    return embedder.embed(embedder.tokenize(texts))
+    before = attention.kernel_calls()
+    vectors = embedder.embed(embedder.tokenize(texts))
+    # Every layer's attention ran on the kernel (none fell back to a dense mask), or none did.
+    layers = (
+        len(embedder._auto_model().config.layer_types)
+        if hasattr(embedder._auto_model().config, "layer_types")
+        else embedder._auto_model().config.num_hidden_layers
+    )
+    assert attention.kernel_calls() - before == (layers if mode == "auto" else 0)
+    return vectors
 
 
 @pytest.mark.parametrize("build", ["decoder", "encoder"])
