@@ -86,11 +86,7 @@ def _served(
     before = attention.kernel_calls()
     vectors = embedder.embed(embedder.tokenize(texts))
     # Every layer's attention ran on the kernel (none fell back to a dense mask), or none did.
-    layers = (
-        len(embedder._auto_model().config.layer_types)
-        if hasattr(embedder._auto_model().config, "layer_types")
-        else embedder._auto_model().config.num_hidden_layers
-    )
+    layers = embedder.model[0].auto_model.config.num_hidden_layers
     assert attention.kernel_calls() - before == (layers if mode == "auto" else 0)
     return vectors
 
