@@ -699,7 +699,7 @@ def _fidelity(
     dtype = (info or {}).get("dtype") or fidelity.logged_dtype(server.log_path)
     if not isinstance(dtype, str):
         dtype = fidelity.served_dtype(
-            item.checks[-1].engine, cell.model.dtype, launch.devices != ("cpu",), meta.stored_dtype
+            item.checks[-1].engine, launch.dtype, launch.devices != ("cpu",), meta.stored_dtype
         )
     if meta.weight_bytes and meta.weight_bytes > _reference_budget_bytes():
         return fidelity.unchecked(
