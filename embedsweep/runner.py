@@ -199,7 +199,12 @@ def preflight_cell(
             chunk_size=cell.chunk_size,
             pool=_pool_limits(cell),
             trust_remote_code=cell.model.trust_remote_code,
-            dtype=cell.model.dtype,
+            # The dtype the engine will be started with (auto resolved): the memory it needs.
+            dtype=precision.resolve(
+                cell.model.dtype,
+                on_gpu=list(cell.pool.devices) != ["cpu"],
+                stored_dtype=meta.stored_dtype,
+            ),
             fallback_engine=fallback,
             live=live,
         )
