@@ -789,6 +789,8 @@ def _measure_group(
         # One server for every chunk size of the group: its limit is the longest of them.
         limit = max(item.plan.cell.chunk_size for item in items)
         launch = _launch(plan, first.meta, final, taken, limit)
+        for out in outs:  # kept by a run whose server never became healthy too
+            out.dtype_requested, out.dtype = cell.model.dtype, launch.dtype
         gpu = launch.devices != ("cpu",)
         state.memory_before = memory_used_mib(launch.devices) if gpu else None
         log = first.run_dir / "server.log"
@@ -801,7 +803,6 @@ def _measure_group(
             outs[0].time_to_healthy_s = healthy_s
             served, startup = _served_precision(final.engine, server)
             for out in outs:
-                out.dtype_requested, out.dtype = cell.model.dtype, launch.dtype
                 out.served_dtype, out.startup = served, startup
                 out.dtype_note = precision.served_mismatch(launch.dtype, served)
             if outs[0].dtype_note:
