@@ -80,6 +80,9 @@ def main(argv=None):
     serve.add_argument("--tensor-parallel-size", type=int, default=1)
     serve.add_argument("--revision", default=None)
     serve.add_argument("--trust-remote-code", action="store_true")
+    serve.add_argument(
+        "--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None
+    )
     args = parser.parse_args(argv)
     _exec_hfserver(
         args.model, args.served_model_name, args.host, args.port, args.max_model_len,
@@ -107,6 +110,7 @@ def main(argv=None):
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--revision", default=None)
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--disable-radix-cache", action="store_true")
     args = parser.parse_args(argv)
     # SGLang's context length counts one more position than the longest accepted input.
     max_len = args.context_length - 1 if args.context_length else None

@@ -69,7 +69,7 @@ def test_report_in_a_pipe_keeps_every_comparison_column(warehouse: Path) -> None
     assert _widest(text) <= 160
     header = next(line for line in text.splitlines() if " model " in line and " rps " in line)
     assert header.split() == [
-        "sweep", "model", "engine", "pool", "chunk", "conc", "status", "reason",
+        "sweep", "model", "engine", "dtype", "pool", "chunk", "conc", "status", "reason",
         "rps", "tok/s", "p50", "ms", "p99", "ms", "fidelity",
     ]  # fmt: skip
     assert "Left out" not in text
