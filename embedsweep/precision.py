@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DTYPES", "cpu_has_bf16", "resolve", "served_mismatch"]
+__all__ = ["DTYPES", "cpu_flags", "cpu_has_bf16", "resolve", "served_mismatch"]
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -26,17 +26,22 @@ DTYPES = ("float32", "float16", "bfloat16")
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU does bfloat16 matrix arithmetic in hardware."""
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """This CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
-        return False
+        return set()
     for line in text.splitlines():
         if line.startswith("flags"):
-            flags = set(line.split(":", 1)[-1].split())
-            return any(flag in flags for flag in _BF16_FLAGS)
-    return False
+            return set(line.split(":", 1)[-1].split())
+    return set()
+
+
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU does bfloat16 matrix arithmetic in hardware."""
+    flags = cpu_flags(cpuinfo)
+    return any(flag in flags for flag in _BF16_FLAGS)
 
 
 def resolve(

@@ -26,6 +26,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from embedsweep.precision import cpu_flags
+
 __all__ = [
     "NAME",
     "available",
@@ -45,24 +47,16 @@ _lock = threading.Lock()
 _loaded: dict[str, Any] = {}
 
 
-def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    try:
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[-1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def available() -> bool:
     """Whether this CPU runs the kernel (AVX-512 with BF16 dot products)."""
-    return all(flag in _cpu_flags() for flag in _FLAGS)
+    return all(flag in cpu_flags() for flag in _FLAGS)
 
 
 def kernel() -> Any:
     """The compiled kernel module, built on first use (None where it cannot run or build; the
     log says why once)."""
+    if "module" in _loaded:  # every layer of every batch asks: no lock once it is decided
+        return _loaded["module"]
     with _lock:
         if "module" in _loaded:
             return _loaded["module"]
@@ -93,7 +87,7 @@ def _build() -> Any:
     flags = ["-O3", "-fopenmp", os.environ.get("EMBEDSWEEP_HF_ATTENTION_ARCH", "-march=native")]
     # Built for this CPU (-march=native): the tag names the source, torch and the CPU's flags.
     identity = [_SOURCE.read_bytes(), torch.__version__.encode(), " ".join(flags).encode()]
-    identity.append(" ".join(sorted(_cpu_flags())).encode())
+    identity.append(" ".join(sorted(cpu_flags())).encode())
     tag = hashlib.sha256(b"\0".join(identity)).hexdigest()[:16]
     folder = kernel_dir() / f"attention-{tag}"
     folder.mkdir(parents=True, exist_ok=True)

