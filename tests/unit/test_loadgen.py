@@ -511,7 +511,9 @@ def test_open_loop_does_not_wait_for_answers(null_server: NullServer) -> None:
     # (a closed loop on one connection would need 2 s).
     assert elapsed < 1.0
     assert null_server.stats.max_open_connections > 5
-    assert int((records.start_ns - records.scheduled_ns).max()) < 10_000_000
+    # No arrival waited for an answer (that would lag it by the 100 ms hold); opening a new
+    # connection on a busy 2-core host can take ~10 ms, so the bound is half the hold.
+    assert int((records.start_ns - records.scheduled_ns).max()) < 50_000_000
 
 
 def test_open_loop_arrivals_wait_for_a_free_connection_as_lag(null_server: NullServer) -> None:
