@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +73,67 @@ def minimal_sweep() -> dict[str, Any]:
         "pools": [{"name": "cpu", "gpu_model": "cpu", "gpu_memory_gb": 0, "devices": ["cpu"]}],
         "load": {"chunk_sizes": [16], "concurrency": [1]},
     }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real local Prefect server for the session (its API URL). ``embedsweep run`` otherwise
+    starts Prefect's temporary server for every sweep, 10-15 s each on two cores; the tests whose
+    subject is not that start share this one (``shared_prefect``). The tests of the terminal,
+    the interrupt and the README's command keep the temporary server, as a user gets it."""
+    base = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(base / "home"),
+        "PREFECT_API_URL": url,
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_UI_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    prefect = str(Path(sys.executable).parent / "prefect")
+    with (base / "server.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(f"{url}/health"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (base / "server.log").read_text(errors="replace")[-2000:]
+                raise AssertionError(f"the session's Prefect server did not start:\n{tail}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def shared_prefect(prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """For one test: every ``embedsweep run`` it starts talks to the session's Prefect server."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    return prefect_server

@@ -138,6 +138,7 @@ def test_startup_that_cannot_finish_in_time_is_killed_whole(
     assert engine_processes() == []
 
 
+@pytest.mark.usefixtures("shared_prefect")
 def test_interrupted_sweep_leaves_no_vllm_process(tmp_path: Path, real_engines_root: Path) -> None:
     sweep = tmp_path / "sweep.yaml"
     spec = _spec(tmp_path, load={"chunk_sizes": [32], "concurrency": [1], "duration_s": 300})

@@ -32,7 +32,9 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory, vllm_cpu: InstalledEngine) -> Path:
+def swept(
+    tmp_path_factory: pytest.TempPathFactory, vllm_cpu: InstalledEngine, prefect_server: str
+) -> Path:
     tmp = tmp_path_factory.mktemp("wrong-pooler")
     pin = f"vllm@{VLLM_VERSION}"
     spec: dict[str, Any] = {
@@ -73,7 +75,11 @@ def swept(tmp_path_factory: pytest.TempPathFactory, vllm_cpu: InstalledEngine) -
     }
     sweep = tmp / "sweep.yaml"
     sweep.write_text(yaml.safe_dump(spec))
-    env = {**os.environ, "EMBEDSWEEP_STATE_DIR": str(tmp / "state")}
+    env = {
+        **os.environ,
+        "EMBEDSWEEP_STATE_DIR": str(tmp / "state"),
+        "PREFECT_API_URL": prefect_server,
+    }
     done = _cli("run", str(sweep), "--no-progress", env=env)
     # Its one cell ran, but measured vectors that are not the model's: no valid measurement.
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]

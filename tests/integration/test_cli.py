@@ -219,6 +219,7 @@ def test_ingest_loads_run_directories_once(tmp_path: Path) -> None:
     assert missing.stderr.strip() == f"error: {tmp_path / 'nope'}: no such file or folder"
 
 
+@pytest.mark.usefixtures("shared_prefect")
 def test_run_exits_1_when_no_cell_produced_a_valid_measurement(tmp_path: Path) -> None:
     # The one runnable cell cannot start in time: recorded failed, and the exit code says so.
     spec = {**_sweep(tmp_path), "startup_timeout_s": 0.2}
@@ -238,6 +239,7 @@ def test_run_exits_1_when_no_cell_produced_a_valid_measurement(tmp_path: Path) -
     }
 
 
+@pytest.mark.usefixtures("shared_prefect")
 def test_broken_model_files_are_blocked_before_any_server(tmp_path: Path, minilm_dir: Path) -> None:
     import shutil
 

@@ -281,6 +281,7 @@ def test_debris_replaced_force_reinstall_and_remove(tmp_path: Path, wheels: Path
         engine_envs.remove("vllm@0.32.0", root=root)
 
 
+@pytest.mark.usefixtures("shared_prefect")
 def test_a_sweep_naming_two_versions_runs_both_and_keeps_them_apart(
     engines: Path, tmp_path: Path
 ) -> None:

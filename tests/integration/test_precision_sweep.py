@@ -26,6 +26,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="auto is float32 here: nothing to mix")
+@pytest.mark.usefixtures("shared_prefect")
 def test_mixed_precisions_get_one_note_in_every_format(tmp_path: Path) -> None:
     pool = {"gpu_model": "cpu", "gpu_memory_gb": 0, "devices": ["cpu"]}
     spec = {

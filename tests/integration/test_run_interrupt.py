@@ -33,6 +33,7 @@ def _servers(marker: str) -> list[int]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.usefixtures("shared_prefect")
 def test_interrupted_sweep_stops_its_server(tmp_path: Path, sig: signal.Signals) -> None:
     model = f"minilm-{sig.name.lower()}"  # the served name marks this test's server
     sweep = tmp_path / "sweep.yaml"

@@ -159,6 +159,7 @@ def _inputs_served(port: int) -> int:
         return 0
 
 
+@pytest.mark.usefixtures("shared_prefect")
 def test_a_sweep_whose_server_dies_keeps_the_measured_part_and_goes_on(
     tmp_path: Path, minilm_dir: Path
 ) -> None:
