@@ -1,24 +1,19 @@
 """The DuckDB warehouse: opening it (waiting for the single-writer lock), schema migrations,
 idempotent ingest of run directories, and read queries.
 
-Schema and statements live in ``embedsweep/sql``: ``NNNN_*.sql`` files are migrations, applied in
-order and recorded in ``schema_migrations``; ``statements.sql`` holds the named statements this
-module runs, every value bound with ``?``. A run directory is ingested whole or not at all.
+The schema (migrations, views, named statements in ``embedsweep/sql``) is
+:mod:`embedsweep.store_schema`'s; this module runs those statements, every value bound with ``?``.
+A run directory is ingested whole or not at all.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from functools import cache
-from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +24,14 @@ from pydantic import ValidationError
 
 from embedsweep.errors import ConfigError, EmbedsweepError
 from embedsweep.records import REQUEST_COLUMNS, RunManifest
+from embedsweep.store_schema import (
+    Migration,
+    check_current,
+    migrate,
+    migrations,
+    scalar,
+    statement,
+)
 
 __all__ = [
     "STORAGE_COMPATIBILITY_VERSION",
@@ -51,8 +54,6 @@ STORAGE_COMPATIBILITY_VERSION = "v1.5.0"
 
 _LOCK_MESSAGE = "Could not set lock"
 _MAX_LOCK_BACKOFF_S = 1.0
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
-_STATEMENT_HEADER = re.compile(r"^--\s*name:\s*([a-z_]+)\s*$")
 # The name requests.parquet is registered under for the length of one ingest; statements.sql
 # reads from it.
 _INCOMING_REQUESTS = "incoming_requests"
@@ -72,53 +73,6 @@ _SAMPLE_COLUMNS = (
 # requests.parquet columns newer than the first release: a file without them is still valid.
 _SCHEDULED = "scheduled_ns"
 _ADDED_LATER = frozenset({_SCHEDULED})
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One schema migration file shipped in ``embedsweep/sql``."""
-
-    version: int
-    name: str
-    sql: str
-
-
-def _sql_dir() -> Traversable:
-    return resources.files("embedsweep").joinpath("sql")
-
-
-@cache
-def migrations() -> tuple[Migration, ...]:
-    """The packaged migrations in version order."""
-    found: dict[int, Migration] = {}
-    for entry in _sql_dir().iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match is None:
-            continue
-        version = int(match.group(1))
-        if version in found:
-            # Two files with one number would apply in an arbitrary order: a packaging bug.
-            raise EmbedsweepError(f"two migrations numbered {version:04d} in embedsweep/sql")
-        found[version] = Migration(version, entry.name, entry.read_text(encoding="utf-8"))
-    return tuple(found[v] for v in sorted(found))
-
-
-@cache
-def _statements() -> dict[str, str]:
-    text = _sql_dir().joinpath("statements.sql").read_text(encoding="utf-8")
-    statements: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in text.splitlines():
-        header = _STATEMENT_HEADER.match(line)
-        if header is not None:
-            current = statements.setdefault(header.group(1), [])
-        elif current is not None:
-            current.append(line)
-    return {name: "\n".join(lines).strip() for name, lines in statements.items()}
-
-
-def _statement(name: str) -> str:
-    return _statements()[name]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -163,38 +117,6 @@ def _connect(path: Path, *, read_only: bool, lock_timeout_s: float) -> duckdb.Du
             delay = min(delay * 2, _MAX_LOCK_BACKOFF_S)
 
 
-def _applied_versions(con: duckdb.DuckDBPyConnection) -> set[int]:
-    rows = con.execute(_statement("applied_migrations")).fetchall()
-    return {int(row[0]) for row in rows}
-
-
-def _migrate(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(_statement("create_schema_migrations"))
-    applied = _applied_versions(con)
-    for migration in migrations():
-        if migration.version in applied:
-            continue
-        # DDL is transactional in DuckDB: a failing migration leaves the schema as it was.
-        con.begin()
-        try:
-            con.execute(migration.sql)
-            con.execute(_statement("record_migration"), [migration.version, migration.name, _now()])
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
-
-
-def _check_current(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    applied = _applied_versions(con) if _scalar(con, "has_schema_migrations") else set()
-    missing = [m.name for m in migrations() if m.version not in applied]
-    if missing:
-        raise ConfigError(
-            f"warehouse {path} predates this embedsweep (missing {', '.join(missing)}); "
-            "open it read-write once (ingest a run) to migrate it"
-        )
-
-
 def open_warehouse(
     path: Path, *, read_only: bool = False, lock_timeout_s: float = 60.0
 ) -> duckdb.DuckDBPyConnection:
@@ -218,22 +140,22 @@ def open_warehouse(
     try:
         if read_only:
             try:
-                _check_current(con, path)
+                check_current(con, path)
             except ConfigError:
-                if not _scalar(con, "has_schema_migrations"):
+                if not scalar(con, "has_schema_migrations"):
                     raise  # not an embedsweep warehouse: never add tables to someone's file
                 # A warehouse written by an older embedsweep: bring its schema up to date once
                 # (a short read-write open), then read it as asked.
                 con.close()
                 migrated = _connect(path, read_only=False, lock_timeout_s=lock_timeout_s)
                 try:
-                    _migrate(migrated)
+                    migrate(migrated)
                 finally:
                     migrated.close()
                 con = _connect(path, read_only=True, lock_timeout_s=lock_timeout_s)
-                _check_current(con, path)
+                check_current(con, path)
         else:
-            _migrate(con)
+            migrate(con)
     except BaseException:
         con.close()
         raise
@@ -255,7 +177,7 @@ def record_sweep(
     except ValueError as exc:
         raise ConfigError(f"sweep {sweep_run_id}: spec_json is not JSON ({exc})") from exc
     con.execute(
-        _statement("upsert_sweep"),
+        statement("upsert_sweep"),
         [
             sweep_run_id,
             sweep_name,
@@ -463,15 +385,8 @@ def _result_rows(manifest: RunManifest) -> list[list[object]]:
     ]
 
 
-def _scalar(con: duckdb.DuckDBPyConnection, name: str, params: list[object] | None = None) -> Any:
-    # fetchall, not fetchone: DuckDB 2.0 streams results and refuses the next statement on a
-    # connection whose last result was not read to the end.
-    rows = con.execute(_statement(name), params).fetchall()
-    return rows[0][0] if rows else None
-
-
 def _run_exists(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
-    return bool(_scalar(con, "run_exists", [run_id]))
+    return bool(scalar(con, "run_exists", [run_id]))
 
 
 def _write_run(
@@ -488,25 +403,25 @@ def _write_run(
         if _run_exists(con, manifest.run_id):
             con.rollback()
             return False
-        con.execute(_statement("insert_run"), run_row)
+        con.execute(statement("insert_run"), run_row)
         preflight = _preflight_rows(manifest)
         if preflight:
-            con.executemany(_statement("insert_preflight_reason"), preflight)
+            con.executemany(statement("insert_preflight_reason"), preflight)
         results = _result_rows(manifest)
         if results:
-            con.executemany(_statement("insert_result"), results)
+            con.executemany(statement("insert_result"), results)
         fidelity = _fidelity_row(manifest)
         if fidelity is not None:
-            con.execute(_statement("insert_fidelity"), fidelity)
+            con.execute(statement("insert_fidelity"), fidelity)
         harness = _harness_row(manifest)
         if harness is not None:
-            con.execute(_statement("insert_harness"), harness)
+            con.execute(statement("insert_harness"), harness)
         if samples is not None:
-            con.execute(_statement("insert_gpu_samples"))
+            con.execute(statement("insert_gpu_samples"))
         if requests_path is not None:
             # Arrow in, one set-based INSERT: executemany per row is ~1,000x slower.
             try:
-                con.execute(_statement("insert_requests"))
+                con.execute(statement("insert_requests"))
             except (duckdb.ConversionException, duckdb.ConstraintException) as exc:
                 raise _invalid(requests_path, _first_line(exc)) from exc
         con.commit()
@@ -549,7 +464,7 @@ def ingest_run(con: duckdb.DuckDBPyConnection, run_dir: Path) -> bool:
         con.register(_INCOMING_REQUESTS, requests)
         try:
             # Checked before the transaction opens: a mixed-up file is refused untouched.
-            foreign = _scalar(con, "foreign_request_rows", [manifest.run_id])
+            foreign = scalar(con, "foreign_request_rows", [manifest.run_id])
             if foreign:
                 raise _invalid(
                     requests_path, f"{foreign} row(s) do not belong to run {manifest.run_id}"
@@ -623,16 +538,16 @@ def read_only_query(
         raise ConfigError(_first_line(exc)) from exc
     if not statements:
         raise ConfigError("no SQL statement given")
-    for statement in statements:
-        if statement.type not in _READ_STATEMENTS:
-            kind = statement.type.name
+    for parsed in statements:
+        if parsed.type not in _READ_STATEMENTS:
+            kind = parsed.type.name
             raise ConfigError(
                 f"refused: embedsweep sql is read-only and runs SELECT and EXPLAIN only "
                 f"(this is {kind})"
             )
     result: tuple[list[str], list[tuple[Any, ...]]] = ([], [])
-    for statement in statements:
-        result = query(con, statement.query)
+    for parsed in statements:
+        result = query(con, parsed.query)
     return result
 
 
@@ -653,7 +568,7 @@ def report_rows(
     """One row per cell and load level for the latest run of each cell (within one sweep run when
     ``sweep_run_id`` is given); a cell with no load levels gives one row with concurrency None.
     """
-    columns, rows = query(con, _statement("report_rows"), [sweep_run_id, sweep_run_id])
+    columns, rows = query(con, statement("report_rows"), [sweep_run_id, sweep_run_id])
     out = [
         {column: _jsonable(value) for column, value in zip(columns, row, strict=True)}
         for row in rows

@@ -1,5 +1,6 @@
 -- Statements the store runs, one per "-- name:" header; store.py binds every value with "?".
--- Files named NNNN_*.sql are migrations; this file is not one and never changes the schema.
+-- Files named NNNN_*.sql are migrations and views.sql holds the views; this file is neither and
+-- never changes the schema.
 
 -- name: create_schema_migrations
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -16,6 +17,11 @@ SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrat
 
 -- name: record_migration
 INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?);
+
+-- name: view_names
+SELECT view_name
+FROM duckdb_views()
+WHERE NOT internal AND database_name = current_database() AND schema_name = 'main';
 
 -- name: upsert_sweep
 INSERT INTO sweeps (sweep_run_id, sweep_name, started_at, finished_at, spec)

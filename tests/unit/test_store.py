@@ -3,7 +3,9 @@ view, read-only opens and the wait for another process's lock."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -34,6 +36,7 @@ from embedsweep.store import (
     record_sweep,
     report_rows,
 )
+from embedsweep.store_schema import view_names, views_sql
 
 REPO = Path(__file__).resolve().parents[2]
 TABLES = ("runs", "preflight_reasons", "results", "requests")
@@ -443,6 +446,88 @@ def test_migrations_are_recorded_and_not_reapplied(tmp_path: Path) -> None:
     assert [(v, n) for v, n, _ in first] == [(m.version, m.name) for m in migrations()]
     assert first[0][1] == "0001_init.sql"
     assert again == first
+
+
+# -- the views (views.sql, re-created after migrating) ------------------------------------------
+
+# views.sql as of the latest migration, without its comments and spacing. A writer re-creates the
+# views of an existing warehouse after applying a migration, so a change to a view ships with one
+# (a file holding only a comment on what changed will do); then pin the new pair here.
+VIEWS_AS_OF = (10, "82b66b765de012fdaeb41c316591503e336e956814338ebe1a78bf7225cec014")
+
+
+def views_digest() -> str:
+    text = re.sub(r"--[^\n]*", "", views_sql())
+    return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()
+
+
+def test_a_change_to_the_views_ships_with_a_migration() -> None:
+    assert (migrations()[-1].version, views_digest()) == VIEWS_AS_OF, (
+        "views.sql changed: add a migration, then pin (its version, views_digest()) in VIEWS_AS_OF"
+    )
+
+
+def test_migrations_change_tables_and_views_sql_makes_every_view(tmp_path: Path) -> None:
+    in_migrations = [
+        m.name for m in migrations() if re.search(r"\bVIEW\b", re.sub(r"--[^\n]*", "", m.sql), re.I)
+    ]
+    warehouse = open_warehouse(tmp_path / "w.duckdb")
+    _, views = query(warehouse, "SELECT view_name FROM duckdb_views() WHERE NOT internal")
+    warehouse.close()
+
+    assert in_migrations == []
+    assert sorted(v for (v,) in views) == sorted(view_names())
+    assert len(view_names()) == 12
+
+
+def test_views_of_an_older_warehouse_are_replaced_when_it_migrates(tmp_path: Path) -> None:
+    # As an older embedsweep left it: its migrations made the views, and one is out of date.
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(
+        str(path), config={"storage_compatibility_version": STORAGE_COMPATIBILITY_VERSION}
+    )
+    con.execute(
+        "CREATE TABLE schema_migrations "
+        "(version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    for mig in migrations()[:5]:
+        con.execute(mig.sql)
+        con.execute("INSERT INTO schema_migrations VALUES (?, ?, now())", [mig.version, mig.name])
+    con.execute("CREATE VIEW v_runs AS SELECT r.* FROM runs AS r")
+    con.execute("CREATE VIEW v_results AS SELECT run_id, model FROM v_runs")
+    con.close()
+
+    reader = open_warehouse(path, read_only=True)
+    try:
+        _, columns = query(reader, "SELECT column_name FROM (DESCRIBE v_results)")
+        _, compare = query(reader, "SELECT count(*) FROM v_compare")
+    finally:
+        reader.close()
+
+    assert [c for (c,) in columns][-3:] == ["host_other_cpu_cores", "host_load_1m", "host_quiet"]
+    assert compare == [(0,)]
+
+
+def test_a_lost_view_comes_back_and_current_views_are_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "w.duckdb"
+    con = open_warehouse(path)
+    # A view a writer re-created would lose its comment; one that is current keeps it (and two
+    # writers of one process opening at once do not both replace it, which DuckDB refuses).
+    con.execute("COMMENT ON VIEW v_servers IS 'kept'")
+    con.close()
+    con = open_warehouse(path)
+    _, comment = query(con, "SELECT comment FROM duckdb_views() WHERE view_name = 'v_servers'")
+    con.execute("DROP VIEW v_regressions")
+    con.close()
+
+    reader = open_warehouse(path, read_only=True)
+    try:
+        _, rows = query(reader, "SELECT count(*) FROM v_regressions")
+    finally:
+        reader.close()
+
+    assert comment == [("kept",)]
+    assert rows == [(0,)]
 
 
 def test_read_only_open_of_missing_file_is_a_config_error(tmp_path: Path) -> None:
