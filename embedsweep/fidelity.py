@@ -334,6 +334,116 @@ def _concurrent(endpoint: Endpoint, texts: Sequence[str], rng: np.random.Generat
     return seen
 
 
+def _served_passes(
+    endpoint: Endpoint, texts: Sequence[str], rng: np.random.Generator
+) -> tuple[list[npt.NDArray[np.float64]], dict[str, list[npt.NDArray[np.float64]]]]:
+    """Each text alone (the served vectors), then the invariance passes by name: one batch, a
+    shuffled batch, and concurrent requests (first and repeat answers). Raises ProbeError."""
+    alone = [endpoint.embed([t])[0] for t in texts]
+    batch = endpoint.embed(texts)
+    perm = rng.permutation(len(texts))
+    shuffled_out = endpoint.embed([texts[int(i)] for i in perm])
+    shuffled: list[npt.NDArray[np.float64]] = [np.empty(0)] * len(texts)
+    for position, i in enumerate(perm):
+        shuffled[int(i)] = shuffled_out[position]
+    concurrent = _concurrent(endpoint, texts, rng)
+    passes = {
+        "one batch": batch,
+        "a shuffled batch": shuffled,
+        "concurrent requests": [vs[0] for vs in concurrent],
+        "concurrent repeats": [vs[-1] for vs in concurrent],
+    }
+    return alone, passes
+
+
+def _check_dimension(
+    alone: Sequence[npt.NDArray[np.float64]],
+    reference_dimension: int | None,
+    findings: list[FidelityFinding],
+) -> int | None:
+    """The one served dimension (None if they differ), with a finding if not the model's."""
+    dims = sorted({int(v.shape[0]) for v in alone})
+    if dims != [reference_dimension]:
+        findings.append(
+            FidelityFinding(
+                code="dimension_mismatch",
+                message=f"served dimension {', '.join(map(str, dims))}, the model's is "
+                f"{reference_dimension}",
+            )
+        )
+    return dims[0] if len(dims) == 1 else None
+
+
+def _check_vectors(
+    alone: Sequence[npt.NDArray[np.float64]],
+    ref_rows: Sequence[npt.NDArray[np.float64]],
+    texts: Sequence[str],
+    threshold: float,
+    findings: list[FidelityFinding],
+) -> npt.NDArray[np.float64]:
+    """Each served vector's cosine with the reference, with a finding below THRESHOLD."""
+    cos = _cosines(alone, ref_rows)
+    worst = int(np.argmin(cos))
+    if cos[worst] < threshold:
+        findings.append(
+            FidelityFinding(
+                code="vectors_differ",
+                message=f"cosine {cos[worst]:.6f} with the reference < {threshold} "
+                f"({_snippet(texts[worst])!r}; {int((cos < threshold).sum())} of {len(texts)} "
+                "text(s) below)",
+            )
+        )
+    return cos
+
+
+def _check_norms(
+    alone: Sequence[npt.NDArray[np.float64]],
+    reference_normalized: bool,
+    findings: list[FidelityFinding],
+) -> tuple[npt.NDArray[np.float64], bool]:
+    """The served vectors' norms and whether all are unit length, with a finding if the model's
+    modules do otherwise."""
+    norms = np.asarray([np.linalg.norm(v) for v in alone])
+    unit = bool(np.all(np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE))
+    if unit != reference_normalized:
+        findings.append(
+            FidelityFinding(
+                code="normalization_differs",
+                message=(
+                    f"served vectors are {'' if unit else 'not '}unit length (norms "
+                    f"{norms.min():.4f}–{norms.max():.4f}); the model's modules "
+                    f"{'' if reference_normalized else 'do not '}normalise"
+                ),
+            )
+        )
+    return norms, unit
+
+
+def _check_invariance(
+    passes: dict[str, list[npt.NDArray[np.float64]]],
+    alone: Sequence[npt.NDArray[np.float64]],
+    texts: Sequence[str],
+    threshold: float,
+    findings: list[FidelityFinding],
+) -> tuple[float, float]:
+    """The smallest cosine and largest difference of any pass against the texts sent alone,
+    with a finding for each pass below THRESHOLD."""
+    inv_cos = min(float(_cosines(vs, alone).min()) for vs in passes.values())
+    inv_abs = max(_max_abs(vs, alone) for vs in passes.values())
+    for label, vs in passes.items():
+        c = _cosines(vs, alone)
+        if c.min() < threshold:
+            i = int(np.argmin(c))
+            findings.append(
+                FidelityFinding(
+                    code="batch_variance",
+                    message=f"{_snippet(texts[i])!r} in {label} has cosine {c[i]:.6f} with the "
+                    f"same text sent alone (< {threshold})",
+                )
+            )
+    return inv_cos, inv_abs
+
+
 def probe(
     endpoint: Endpoint,
     texts: Sequence[str],
@@ -359,73 +469,17 @@ def probe(
     }
     rng = np.random.default_rng(PROBE_SEED)
     try:
-        alone = [endpoint.embed([t])[0] for t in texts]
-        batch = endpoint.embed(texts)
-        perm = rng.permutation(len(texts))
-        shuffled_out = endpoint.embed([texts[int(i)] for i in perm])
-        shuffled: list[npt.NDArray[np.float64]] = [np.empty(0)] * len(texts)
-        for position, i in enumerate(perm):
-            shuffled[int(i)] = shuffled_out[position]
-        concurrent = _concurrent(endpoint, texts, rng)
+        alone, passes = _served_passes(endpoint, texts, rng)
     except ProbeError as exc:
         finding = FidelityFinding(code="probe_error", message=f"the probe failed: {exc}")
         return FidelityResult(**base, verdict="error", findings=[finding])
 
     findings: list[FidelityFinding] = []
     ref_rows = [reference[i] for i in range(len(texts))]
-    dims = sorted({int(v.shape[0]) for v in alone})
-    dimension = dims[0] if len(dims) == 1 else None
-    if dims != [base["reference_dimension"]]:
-        findings.append(
-            FidelityFinding(
-                code="dimension_mismatch",
-                message=f"served dimension {', '.join(map(str, dims))}, the model's is "
-                f"{base['reference_dimension']}",
-            )
-        )
-    cos = _cosines(alone, ref_rows)
-    worst = int(np.argmin(cos))
-    if cos[worst] < threshold:
-        findings.append(
-            FidelityFinding(
-                code="vectors_differ",
-                message=f"cosine {cos[worst]:.6f} with the reference < {threshold} "
-                f"({_snippet(texts[worst])!r}; {int((cos < threshold).sum())} of {len(texts)} "
-                "text(s) below)",
-            )
-        )
-    norms = np.asarray([np.linalg.norm(v) for v in alone])
-    unit = bool(np.all(np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE))
-    if unit != reference_normalized:
-        findings.append(
-            FidelityFinding(
-                code="normalization_differs",
-                message=(
-                    f"served vectors are {'' if unit else 'not '}unit length (norms "
-                    f"{norms.min():.4f}–{norms.max():.4f}); the model's modules "
-                    f"{'' if reference_normalized else 'do not '}normalise"
-                ),
-            )
-        )
-    passes = {
-        "one batch": batch,
-        "a shuffled batch": shuffled,
-        "concurrent requests": [vs[0] for vs in concurrent],
-        "concurrent repeats": [vs[-1] for vs in concurrent],
-    }
-    inv_cos = min(float(_cosines(vs, alone).min()) for vs in passes.values())
-    inv_abs = max(_max_abs(vs, alone) for vs in passes.values())
-    for label, vs in passes.items():
-        c = _cosines(vs, alone)
-        if c.min() < threshold:
-            i = int(np.argmin(c))
-            findings.append(
-                FidelityFinding(
-                    code="batch_variance",
-                    message=f"{_snippet(texts[i])!r} in {label} has cosine {c[i]:.6f} with the "
-                    f"same text sent alone (< {threshold})",
-                )
-            )
+    dimension = _check_dimension(alone, base["reference_dimension"], findings)
+    cos = _check_vectors(alone, ref_rows, texts, threshold, findings)
+    norms, unit = _check_norms(alone, reference_normalized, findings)
+    inv_cos, inv_abs = _check_invariance(passes, alone, texts, threshold, findings)
     dimensions_request = _dimensions_request(endpoint, texts[0], dimension, matryoshka, findings)
     overlength = _overlength(endpoint, overlength_text, findings)
     failing = {"dimension_mismatch", "vectors_differ", "normalization_differs", "batch_variance"}

@@ -27,6 +27,7 @@ __all__ = [
     "live_architectures",
     "snapshot_for",
     "support",
+    "version_key",
 ]
 
 SupportKind = Literal["native", "convertible", "custom_code", "unsupported"]
@@ -64,7 +65,7 @@ class Support:
         return self.kind in ("native", "convertible")
 
 
-def _version_key(version: str) -> tuple[int, ...]:
+def version_key(version: str) -> tuple[int, ...]:
     parts = []
     for piece in version.split("."):
         digits = "".join(ch for ch in piece if ch.isdigit())
@@ -90,7 +91,7 @@ def _snapshots(engine: str) -> tuple[Snapshot, ...]:
                     convert_flags=tuple(data["convert_flags"]),
                 )
             )
-    return tuple(sorted(found, key=lambda s: _version_key(s.version)))
+    return tuple(sorted(found, key=lambda s: version_key(s.version)))
 
 
 def snapshot_for(engine: str, version: str | None) -> Snapshot | None:
@@ -100,7 +101,7 @@ def snapshot_for(engine: str, version: str | None) -> Snapshot | None:
         return None
     if version is None:
         return snaps[-1]
-    older = [s for s in snaps if _version_key(s.version) <= _version_key(version)]
+    older = [s for s in snaps if version_key(s.version) <= version_key(version)]
     return older[-1] if older else snaps[0]
 
 

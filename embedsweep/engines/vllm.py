@@ -28,7 +28,7 @@ import os
 
 from embedsweep.engines.base import Launch, UsageCounting, cuda_devices
 from embedsweep.engines.pidfiles import state_dir
-from embedsweep.registry import _version_key
+from embedsweep.registry import version_key
 
 __all__ = ["API_SERVER_MODULE", "CPU_KVCACHE_GIB", "VLLMAdapter", "cpu_environment"]
 
@@ -57,7 +57,7 @@ class VLLMAdapter:
             argv = [*base, "--model", str(launch.model_path)]
         else:
             argv = [*base, "serve", str(launch.model_path)]
-        old = launch.version is not None and _version_key(launch.version) < (0, 10)
+        old = launch.version is not None and version_key(launch.version) < (0, 10)
         argv += ["--task", "embed"] if old else ["--runner", "pooling"]
         argv += [
             "--served-model-name", launch.served_name,

@@ -17,8 +17,10 @@ import time
 import uuid
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from embedsweep.hfserver.batcher import Batcher, ContextOverflow
@@ -65,6 +67,58 @@ def _counts(batcher: Batcher) -> dict[str, object]:
     }
 
 
+def _models(served_name: str, max_input_tokens: int) -> Reply:
+    return _json(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "id": served_name,
+                    "object": "model",
+                    "owned_by": "embedsweep",
+                    "max_model_len": max_input_tokens,
+                }
+            ],
+        }
+    )
+
+
+def _embedding_data(vectors: npt.NDArray[Any], encoding_format: str) -> list[dict[str, object]]:
+    """The response's ``data``: one entry per vector, as base64 or as floats."""
+    if encoding_format == "base64":
+        little = np.ascontiguousarray(vectors, dtype="<f4")
+        return [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(row.tobytes()).decode(),
+            }
+            for i, row in enumerate(little)
+        ]
+    # float64 rows: orjson writes each float32 value's exact float64 repr, the numbers
+    # json.dumps(row.tolist()) writes (and vLLM's tolist() of its float32 output; NaN
+    # and infinities excepted: null, valid JSON), at a tenth of the cost (~14 us a
+    # 384-wide vector against ~180: the front end's largest cost per request, and the
+    # model waits for it after every batch).
+    wide = np.asarray(vectors, dtype=np.float64)
+    return [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(wide)]
+
+
+def _embeddings_reply(served_name: str, data: list[dict[str, object]], prompt_tokens: int) -> Reply:
+    body = {
+        "id": f"embd-{uuid.uuid4().hex}",
+        "object": "list",
+        "created": int(time.time()),
+        "model": served_name,
+        "data": data,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens,
+        },
+    }
+    return Reply(200, orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
 def build_app(
     batcher: Batcher,
     *,
@@ -74,21 +128,6 @@ def build_app(
     info: Callable[[], dict[str, object]] | None = None,
 ) -> Handler:
     expected = f"Bearer {api_key}".encode() if api_key else b""
-
-    def models() -> Reply:
-        return _json(
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "id": served_name,
-                        "object": "model",
-                        "owned_by": "embedsweep",
-                        "max_model_len": batcher.max_input_tokens,
-                    }
-                ],
-            }
-        )
 
     def authorized(request: Request) -> bool:
         if not api_key:
@@ -115,38 +154,8 @@ def build_app(
         vectors = result.vectors
         if asked.dimensions is not None:
             vectors = shorten(vectors, asked.dimensions, served.normalized)
-        if asked.encoding_format == "base64":
-            little = np.ascontiguousarray(vectors, dtype="<f4")
-            data: list[dict[str, object]] = [
-                {
-                    "object": "embedding",
-                    "index": i,
-                    "embedding": base64.b64encode(row.tobytes()).decode(),
-                }
-                for i, row in enumerate(little)
-            ]
-        else:
-            # float64 rows: orjson writes each float32 value's exact float64 repr, the numbers
-            # json.dumps(row.tolist()) writes (and vLLM's tolist() of its float32 output; NaN
-            # and infinities excepted: null, valid JSON), at a tenth of the cost (~14 us a
-            # 384-wide vector against ~180: the front end's largest cost per request, and the
-            # model waits for it after every batch).
-            wide = np.asarray(vectors, dtype=np.float64)
-            data = [
-                {"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(wide)
-            ]
-        body = {
-            "id": f"embd-{uuid.uuid4().hex}",
-            "object": "list",
-            "created": int(time.time()),
-            "model": served_name,
-            "data": data,
-            "usage": {
-                "prompt_tokens": result.prompt_tokens,
-                "total_tokens": result.prompt_tokens,
-            },
-        }
-        return Reply(200, orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
+        data = _embedding_data(vectors, asked.encoding_format)
+        return _embeddings_reply(served_name, data, result.prompt_tokens)
 
     async def handle(request: Request) -> Reply:
         method = _ROUTES.get(request.path)
@@ -159,7 +168,7 @@ def build_app(
         if request.path == "/health":
             return Reply(200, b"")
         if request.path == "/v1/models":
-            return models()
+            return _models(served_name, batcher.max_input_tokens)
         if request.path == "/metrics/batches":
             # How much dynamic batching happened: inputs served and model batches run so far, and
             # the model thread's seconds in them (its idle time is the rest).

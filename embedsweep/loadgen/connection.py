@@ -26,7 +26,7 @@ import httptools
 from embedsweep.errors import ConfigError
 
 if TYPE_CHECKING:
-    from embedsweep.loadgen.phases import _Phase
+    from embedsweep.loadgen.phases import Phase
 
 
 EMBEDDINGS_PATH = "/v1/embeddings"
@@ -37,12 +37,12 @@ _PROMPT_TOKENS_KEY = b'"prompt_tokens"'
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 
 # How a worker's connection ended its turn.
-_DONE = 0
+DONE = 0
 _RECONNECT = 1
 
-# What _Phase.take answers instead of a due time (due times are perf_counter_ns values, >= 0).
-_NOT_YET = -1
-_EXHAUSTED = -2
+# What Phase.take answers instead of a due time (due times are perf_counter_ns values, >= 0).
+NOT_YET = -1
+EXHAUSTED = -2
 
 
 def build_payloads(model: str, texts: Sequence[str], batch_size: int) -> list[bytes]:
@@ -77,7 +77,7 @@ class _Target:
     host_header: str
 
 
-def _parse_url(url: str) -> _Target:
+def parse_url(url: str) -> _Target:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"load URL must be http(s)://host[:port][/prefix], got {url!r}")
@@ -104,7 +104,7 @@ def _parse_url(url: str) -> _Target:
     )
 
 
-def _request_bytes(target: _Target, payloads: Sequence[bytes], api_key: str | None) -> list[bytes]:
+def request_bytes(target: _Target, payloads: Sequence[bytes], api_key: str | None) -> list[bytes]:
     auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
     head = (
         f"POST {target.path} HTTP/1.1\r\n"
@@ -143,7 +143,7 @@ def _error_message(status: int, body: bytes) -> str:
     return message[:_MAX_ERROR_CHARS]
 
 
-class _Shared:
+class Shared:
     """State all connections of a level share: the request bytes and where the cycle is."""
 
     __slots__ = (
@@ -172,30 +172,30 @@ class _Shared:
         # The server's process: its death ends the level at once (see _halt).
         self.watch_pid = watch_pid
         self.halted: str | None = None
-        self.phase: _Phase | None = None
-        self.workers: Sequence[_Worker] = ()
+        self.phase: Phase | None = None
+        self.workers: Sequence[Worker] = ()
         # When connections began to fail with no response since (None: the last one answered).
         self.refused_since_ns: int | None = None
         self.answered = False
         # Every connection whose transport has not reported connection_lost yet, replaced ones
         # included, so the level can wait for all its sockets to close.
-        self.live: set[_Connection] = set()
+        self.live: set[Connection] = set()
 
 
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection with at most one request in flight.
 
     Requests are chained from the response callback itself (no coroutine switch per request):
     that is what lets one process drive tens of thousands of requests per second.
     """
 
-    def __init__(self, shared: _Shared, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, shared: Shared, loop: asyncio.AbstractEventLoop) -> None:
         self._shared = shared
         self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._chunks: list[bytes] = []
-        self._phase: _Phase | None = None
+        self._phase: Phase | None = None
         self._waiter: asyncio.Future[int] | None = None
         self.lost: asyncio.Future[None] = loop.create_future()
         self.closed = False
@@ -206,8 +206,8 @@ class _Connection(asyncio.Protocol):
 
     # -- driving -----------------------------------------------------------------------------
 
-    async def drive(self, phase: _Phase) -> int:
-        """Send requests back to back until the phase is exhausted (``_DONE``) or this
+    async def drive(self, phase: Phase) -> int:
+        """Send requests back to back until the phase is exhausted (``DONE``) or this
         connection can no longer be used (``_RECONNECT``)."""
         if self.closed:
             return _RECONNECT
@@ -226,15 +226,15 @@ class _Connection(asyncio.Protocol):
         phase = self._phase
         transport = self._transport
         if phase is None or transport is None or self.closed:
-            self.finish(_DONE)
+            self.finish(DONE)
             return
         now = time.perf_counter_ns()
         due = phase.take(now)
         if due < 0:
-            if due == _NOT_YET:
+            if due == NOT_YET:
                 phase.park(self)
             else:
-                self.finish(_DONE)
+                self.finish(DONE)
             return
         shared = self._shared
         index = shared.next_index
@@ -335,19 +335,19 @@ class _Connection(asyncio.Protocol):
             self.finish(_RECONNECT)
 
 
-class _Worker:
+class Worker:
     """One connection slot: keeps one connection open and reopens it after errors."""
 
-    def __init__(self, target: _Target, shared: _Shared) -> None:
+    def __init__(self, target: _Target, shared: Shared) -> None:
         self._target = target
         self._shared = shared
-        self.connection: _Connection | None = None
+        self.connection: Connection | None = None
 
     @property
-    def shared(self) -> _Shared:
+    def shared(self) -> Shared:
         return self._shared
 
-    async def run(self, phase: _Phase) -> None:
+    async def run(self, phase: Phase) -> None:
         failures = 0
         while not phase.exhausted(time.perf_counter_ns()):
             connection = self.connection
@@ -361,17 +361,17 @@ class _Worker:
                     continue
                 failures = 0
                 self.connection = connection
-            if await connection.drive(phase) == _DONE:
+            if await connection.drive(phase) == DONE:
                 return
 
-    async def _connect(self, phase: _Phase) -> _Connection | None:
+    async def _connect(self, phase: Phase) -> Connection | None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
         target = self._target
         try:
             async with asyncio.timeout(self._shared.timeout_s):
                 _, protocol = await loop.create_connection(
-                    lambda: _Connection(self._shared, loop),
+                    lambda: Connection(self._shared, loop),
                     target.host,
                     target.port,
                     ssl=target.ssl,
@@ -389,7 +389,7 @@ class _Worker:
         return None
 
 
-async def _watch_timeouts(workers: Sequence[_Worker], timeout_s: float) -> None:
+async def watch_timeouts(workers: Sequence[Worker], timeout_s: float) -> None:
     """Fail requests that outlive ``timeout_s``; one sweep per tick costs far less than a timer
     per request."""
     timeout_ns = int(timeout_s * 1e9)
@@ -433,7 +433,7 @@ def _pid_dead(pid: int) -> bool:
     return state in (b"Z", b"X")
 
 
-def _check_server(shared: _Shared, now_ns: int, failure: str | None) -> None:
+def _check_server(shared: Shared, now_ns: int, failure: str | None) -> None:
     """Halt the level when the server is gone: its watched process exited, or (after a failed
     connection) nothing has answered for UNREACHABLE_S."""
     if shared.halted is not None or shared.phase is None:
@@ -450,7 +450,7 @@ def _check_server(shared: _Shared, now_ns: int, failure: str | None) -> None:
         _halt(shared, f"no answer for {UNREACHABLE_S:g} s ({failure})")
 
 
-def _halt(shared: _Shared, reason: str) -> None:
+def _halt(shared: Shared, reason: str) -> None:
     """Stop the phase: no more requests; those in flight fail now (they cannot be answered)."""
     shared.halted = reason
     phase = shared.phase

@@ -10,14 +10,18 @@ import math
 import signal
 import threading
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import numpy as np
+import numpy.typing as npt
+
 from embedsweep.errors import ConfigError
-from embedsweep.loadgen.connection import _parse_url
-from embedsweep.loadgen.phases import _drive, _loop_factory, _Share, _start_now
-from embedsweep.loadgen.processes import _run_processes, _shares
-from embedsweep.loadgen.records import LevelRecords, _records, _Rows
-from embedsweep.loadgen.schedule import _offered, poisson_schedule
+from embedsweep.loadgen.connection import parse_url
+from embedsweep.loadgen.phases import Share, drive, loop_factory, start_now
+from embedsweep.loadgen.processes import run_processes, split_shares
+from embedsweep.loadgen.records import LevelRecords, Rows, merge_records
+from embedsweep.loadgen.schedule import offered, poisson_schedule
 
 
 def _check_level(
@@ -58,6 +62,79 @@ def _check_level(
         raise ConfigError(f"{requests} requests cannot be split over {processes} processes")
 
 
+@dataclass(frozen=True)
+class _Level:
+    """One level's arguments, as :func:`run_level` and :func:`run_level_sync` were given them."""
+
+    url: str
+    payloads: list[bytes]
+    expected_tokens: int
+    concurrency: int
+    requests: int | None
+    duration_s: float | None
+    warmup: int
+    timeout_s: float
+    api_key: str | None
+    rate: float | None
+    seed: int
+    processes: int
+    watch_pid: int | None
+
+    def check(self) -> None:
+        """Raise ConfigError for arguments no level can run with."""
+        _check_level(
+            self.payloads,
+            concurrency=self.concurrency,
+            requests=self.requests,
+            duration_s=self.duration_s,
+            warmup=self.warmup,
+            timeout_s=self.timeout_s,
+            rate=self.rate,
+            processes=self.processes,
+        )
+        parse_url(self.url)
+
+    def plan(self) -> tuple[npt.NDArray[np.int64] | None, list[Share]]:
+        """The open loop's arrival schedule (None in a closed loop) and the processes' shares."""
+        schedule = (
+            None
+            if self.rate is None
+            else poisson_schedule(
+                self.rate, seed=self.seed, requests=self.requests, duration_s=self.duration_s
+            )
+        )
+        shares = split_shares(
+            self.url,
+            self.payloads,
+            concurrency=self.concurrency,
+            requests=self.requests,
+            duration_s=self.duration_s,
+            warmup=self.warmup,
+            timeout_s=self.timeout_s,
+            api_key=self.api_key,
+            schedule_ns=schedule,
+            processes=self.processes,
+            watch_pid=self.watch_pid,
+        )
+        return schedule, shares
+
+    def records(self, parts: list[Rows], schedule: npt.NDArray[np.int64] | None) -> LevelRecords:
+        """The shares' rows merged into the level's records."""
+        return merge_records(
+            parts,
+            concurrency=self.concurrency,
+            expected_tokens=self.expected_tokens,
+            offered_rps=offered(schedule, self.rate, self.requests, self.duration_s),
+        )
+
+
+async def _run_in_loop(level: _Level) -> LevelRecords:
+    """A checked one-process level, driven in the running event loop."""
+    schedule, (share,) = level.plan()
+    rows = await drive(share, start_now)
+    return level.records([rows], schedule)
+
+
 async def run_level(
     url: str,
     payloads: list[bytes],
@@ -86,42 +163,23 @@ async def run_level(
     the process ``watch_pid`` exited (checked at every failed connection and every quarter
     second), or connections failed for ``UNREACHABLE_S`` with no response in between.
     """
-    _check_level(
-        payloads,
-        concurrency=concurrency,
-        requests=requests,
-        duration_s=duration_s,
-        warmup=warmup,
-        timeout_s=timeout_s,
-        rate=rate,
-        processes=1,
-    )
-    _parse_url(url)
-    schedule = (
-        None
-        if rate is None
-        else poisson_schedule(rate, seed=seed, requests=requests, duration_s=duration_s)
-    )
-    (share,) = _shares(
+    level = _Level(
         url,
         payloads,
+        expected_tokens,
         concurrency=concurrency,
         requests=requests,
         duration_s=duration_s,
         warmup=warmup,
         timeout_s=timeout_s,
         api_key=api_key,
-        schedule_ns=schedule,
+        rate=rate,
+        seed=seed,
         processes=1,
         watch_pid=watch_pid,
     )
-    rows = await _drive(share, _start_now)
-    return _records(
-        [rows],
-        concurrency=concurrency,
-        expected_tokens=expected_tokens,
-        offered_rps=_offered(schedule, rate, requests, duration_s),
-    )
+    level.check()
+    return await _run_in_loop(level)
 
 
 def run_level_sync(
@@ -151,44 +209,7 @@ def run_level_sync(
     In the main thread SIGTERM stops the level promptly (worker processes included) and is then
     handed to whoever handled it before.
     """
-    _check_level(
-        payloads,
-        concurrency=concurrency,
-        requests=requests,
-        duration_s=duration_s,
-        warmup=warmup,
-        timeout_s=timeout_s,
-        rate=rate,
-        processes=processes,
-    )
-    _parse_url(url)
-    if processes > 1:
-        schedule = (
-            None
-            if rate is None
-            else poisson_schedule(rate, seed=seed, requests=requests, duration_s=duration_s)
-        )
-        shares = _shares(
-            url,
-            payloads,
-            concurrency=concurrency,
-            requests=requests,
-            duration_s=duration_s,
-            warmup=warmup,
-            timeout_s=timeout_s,
-            api_key=api_key,
-            schedule_ns=schedule,
-            processes=processes,
-            watch_pid=watch_pid,
-        )
-        parts = _run_processes_stoppable(shares)
-        return _records(
-            parts,
-            concurrency=concurrency,
-            expected_tokens=expected_tokens,
-            offered_rps=_offered(schedule, rate, requests, duration_s),
-        )
-    coro = run_level(
+    level = _Level(
         url,
         payloads,
         expected_tokens,
@@ -200,9 +221,15 @@ def run_level_sync(
         api_key=api_key,
         rate=rate,
         seed=seed,
+        processes=processes,
         watch_pid=watch_pid,
     )
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    level.check()
+    if processes > 1:
+        schedule, shares = level.plan()
+        return level.records(_run_processes_stoppable(shares), schedule)
+    coro = _run_in_loop(level)
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         if threading.current_thread() is not threading.main_thread():
             return runner.run(coro)
         return _run_stoppable(runner, coro)
@@ -254,19 +281,19 @@ class _Terminated(Exception):
     """SIGTERM arrived while the parent waited for its worker processes."""
 
 
-def _run_processes_stoppable(shares: list[_Share]) -> list[_Rows]:
+def _run_processes_stoppable(shares: list[Share]) -> list[Rows]:
     if threading.current_thread() is not threading.main_thread():
-        return _run_processes(shares)
+        return run_processes(shares)
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: object) -> None:
         # The parent only waits on pipes here (no event loop), so raising from the handler is
-        # safe and leaves through _run_processes' clean-up, which stops the workers.
+        # safe and leaves through run_processes' clean-up, which stops the workers.
         raise _Terminated
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        return _run_processes(shares)
+        return run_processes(shares)
     except _Terminated:
         pass
     finally:

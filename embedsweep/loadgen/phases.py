@@ -3,7 +3,7 @@
 A phase is one run of requests (the warm-up, or the measured part): its budget and the rows it
 produces. A closed-loop phase lets a request start whenever a connection is free; an open-loop
 phase hands out the arrivals of a fixed schedule at their due times, parking connections that
-are free early. :func:`_drive` runs one share (warm-up, start gate, measured phase) on the
+are free early. :func:`drive` runs one share (warm-up, start gate, measured phase) on the
 running event loop and returns its rows, in the parent or in a worker process alike.
 """
 
@@ -20,22 +20,22 @@ import numpy as np
 import numpy.typing as npt
 
 from embedsweep.loadgen.connection import (
-    _DONE,
-    _EXHAUSTED,
-    _NOT_YET,
-    _Connection,
-    _parse_url,
-    _request_bytes,
-    _Shared,
-    _watch_timeouts,
-    _Worker,
+    DONE,
+    EXHAUSTED,
+    NOT_YET,
+    Connection,
+    Shared,
+    Worker,
+    parse_url,
+    request_bytes,
+    watch_timeouts,
 )
-from embedsweep.loadgen.records import _Rows
+from embedsweep.loadgen.records import Rows
 
 _NO_DEADLINE = sys.maxsize
 
 
-class _Phase:
+class Phase:
     """One closed-loop run of requests (warm-up or measured): its budget and the rows it
     produced. A request may start whenever a connection is free."""
 
@@ -67,13 +67,13 @@ class _Phase:
         return self.remaining <= 0 or now_ns >= self.deadline_ns
 
     def take(self, now_ns: int) -> int:
-        """Claim the next request: the time it was due (here: now), or ``_EXHAUSTED``."""
+        """Claim the next request: the time it was due (here: now), or ``EXHAUSTED``."""
         if self.remaining <= 0 or now_ns >= self.deadline_ns:
-            return _EXHAUSTED
+            return EXHAUSTED
         self.remaining -= 1
         return now_ns
 
-    def park(self, connection: _Connection) -> None:
+    def park(self, connection: Connection) -> None:
         raise AssertionError("a closed loop never has to wait for a due time")
 
     def fail_connect(self, started_ns: int, end_ns: int, message: str) -> None:
@@ -104,7 +104,7 @@ class _Phase:
         """Release what the phase holds on to (nothing in a closed loop)."""
 
 
-class _OpenPhase(_Phase):
+class _OpenPhase(Phase):
     """An open-loop run: requests are due at the times of a fixed schedule.
 
     A connection that finishes a response takes the next arrival if it is due; otherwise it parks
@@ -122,7 +122,7 @@ class _OpenPhase(_Phase):
         self._schedule = schedule_ns
         self._next = 0
         self._loop = loop
-        self._idle: list[_Connection] = []
+        self._idle: list[Connection] = []
         self._timer: asyncio.TimerHandle | None = None
 
     def exhausted(self, now_ns: int) -> bool:
@@ -132,17 +132,17 @@ class _OpenPhase(_Phase):
         at = self._next
         if at >= len(self._schedule) or now_ns >= self.deadline_ns:
             self.stop()
-            return _EXHAUSTED
+            return EXHAUSTED
         due = self._schedule[at]
         if due > now_ns:
-            return _NOT_YET
+            return NOT_YET
         self._next = at + 1
         if at + 1 == len(self._schedule):
             # The last arrival is out: connections still parked have nothing left to wait for.
             self.stop()
         return due
 
-    def park(self, connection: _Connection) -> None:
+    def park(self, connection: Connection) -> None:
         self._idle.append(connection)
         if self._timer is None:
             self._arm()
@@ -193,10 +193,10 @@ class _OpenPhase(_Phase):
             self._timer = None
         idle, self._idle = self._idle, []
         for connection in idle:
-            connection.finish(_DONE)
+            connection.finish(DONE)
 
 
-async def _run_phase(workers: Sequence[_Worker], phase: _Phase) -> None:
+async def _run_phase(workers: Sequence[Worker], phase: Phase) -> None:
     shared = workers[0].shared
     shared.phase = phase
     if shared.halted is not None:
@@ -208,8 +208,8 @@ async def _run_phase(workers: Sequence[_Worker], phase: _Phase) -> None:
 
 
 @dataclass(frozen=True)
-class _Share:
-    """What one process drives: everything :func:`_drive` needs, picklable for a worker
+class Share:
+    """What one process drives: everything :func:`drive` needs, picklable for a worker
     process. ``schedule_ns`` (open loop) holds arrival offsets from the clock start."""
 
     url: str
@@ -225,35 +225,35 @@ class _Share:
     watch_pid: int | None = None
 
 
-async def _start_now() -> int:
+async def start_now() -> int:
     return time.perf_counter_ns()
 
 
-async def _drive(share: _Share, start_gate: Callable[[], Awaitable[int]]) -> _Rows:
+async def drive(share: Share, start_gate: Callable[[], Awaitable[int]]) -> Rows:
     """Warm up, wait for ``start_gate`` to give the clock start (a perf_counter_ns value), then
     run the measured phase from it."""
-    target = _parse_url(share.url)
-    shared = _Shared(
-        _request_bytes(target, share.payloads, share.api_key),
+    target = parse_url(share.url)
+    shared = Shared(
+        request_bytes(target, share.payloads, share.api_key),
         share.timeout_s,
         share.first_payload,
         share.watch_pid,
     )
-    workers = [_Worker(target, shared) for _ in range(share.concurrency)]
+    workers = [Worker(target, shared) for _ in range(share.concurrency)]
     shared.workers = workers
-    watchdog = asyncio.create_task(_watch_timeouts(workers, share.timeout_s))
+    watchdog = asyncio.create_task(watch_timeouts(workers, share.timeout_s))
     try:
         if share.warmup:
-            await _run_phase(workers, _Phase(share.warmup, _NO_DEADLINE))
+            await _run_phase(workers, Phase(share.warmup, _NO_DEADLINE))
         clock_start = await start_gate()
         deadline = (
             clock_start + int(share.duration_s * 1e9)
             if share.duration_s is not None
             else _NO_DEADLINE
         )
-        phase: _Phase
+        phase: Phase
         if share.schedule_ns is None:
-            phase = _Phase(share.requests, deadline)
+            phase = Phase(share.requests, deadline)
         else:
             # array.array: indexing gives plain ints (several times cheaper in the hot path than
             # numpy scalars) at 8 bytes an arrival (a list of ints takes about 40).
@@ -264,7 +264,7 @@ async def _drive(share: _Share, start_gate: Callable[[], Awaitable[int]]) -> _Ro
     finally:
         watchdog.cancel()
         await _close_all(shared, watchdog)
-    return _Rows(
+    return Rows(
         starts=np.asarray(phase.starts, dtype=np.int64) - clock_start,
         scheduled=np.asarray(phase.scheduled, dtype=np.int64) - clock_start,
         latencies=np.asarray(phase.latencies, dtype=np.int64),
@@ -277,7 +277,7 @@ async def _drive(share: _Share, start_gate: Callable[[], Awaitable[int]]) -> _Ro
     )
 
 
-async def _close_all(shared: _Shared, watchdog: asyncio.Task[None]) -> None:
+async def _close_all(shared: Shared, watchdog: asyncio.Task[None]) -> None:
     connections = list(shared.live)
     for connection in connections:
         connection.close()
@@ -288,7 +288,7 @@ async def _close_all(shared: _Shared, watchdog: asyncio.Task[None]) -> None:
     await asyncio.gather(watchdog, return_exceptions=True)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
     except ImportError:

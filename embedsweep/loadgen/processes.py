@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from embedsweep.errors import ConfigError, EmbedsweepError
-from embedsweep.loadgen.phases import _drive, _loop_factory, _Share
-from embedsweep.loadgen.records import _Rows
+from embedsweep.loadgen.phases import Share, drive, loop_factory
+from embedsweep.loadgen.records import Rows
 
 # Clock: every record is relative to one start instant that all processes agree on. perf_counter
 # is only promised to be consistent within a process; time.monotonic is the clock the OS keeps
@@ -33,7 +33,7 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def _shares(
+def split_shares(
     url: str,
     payloads: list[bytes],
     *,
@@ -46,7 +46,7 @@ def _shares(
     schedule_ns: npt.NDArray[np.int64] | None,
     processes: int,
     watch_pid: int | None = None,
-) -> list[_Share]:
+) -> list[Share]:
     """Split a level over ``processes``: connections, warm-up and requests as evenly as they go,
     an open loop's arrivals round-robin (so each process sees every N-th arrival and the union is
     exactly the drawn schedule). Each process starts its payload cycle at a different place, so
@@ -59,7 +59,7 @@ def _shares(
         else [None] * processes
     )
     return [
-        _Share(
+        Share(
             url=url,
             payloads=payloads,
             api_key=api_key,
@@ -76,7 +76,7 @@ def _shares(
     ]
 
 
-def _run_processes(shares: list[_Share]) -> list[_Rows]:
+def run_processes(shares: list[Share]) -> list[Rows]:
     # spawn, not fork: the caller may have threads (Prefect, the engine supervisor), and forking
     # a threaded process can deadlock the child on a lock some other thread held.
     context = multiprocessing.get_context("spawn")
@@ -99,7 +99,7 @@ def _run_processes(shares: list[_Share]) -> list[_Rows]:
         origin = time.monotonic_ns() + _START_MARGIN_NS
         for pipe in pipes:
             pipe.send(("go", origin))
-        return [cast(_Rows, payload) for payload in _collect(pipes, procs, "rows")]
+        return [cast(Rows, payload) for payload in _collect(pipes, procs, "rows")]
     finally:
         for started in procs:
             if started.is_alive():
@@ -148,7 +148,7 @@ def _collect(
     return [received[i] for i in range(len(pipes))]
 
 
-def _process_main(pipe: multiprocessing.connection.Connection, share: _Share) -> None:
+def _process_main(pipe: multiprocessing.connection.Connection, share: Share) -> None:
     """A worker process: drive ``share`` on its own event loop and send back its rows."""
     # Ctrl-C reaches the whole process group: let the parent decide (it stops the workers).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -166,8 +166,8 @@ def _process_main(pipe: multiprocessing.connection.Connection, share: _Share) ->
         return cast(int, origin)
 
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            rows = runner.run(_drive(share, start_gate))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            rows = runner.run(drive(share, start_gate))
     except BaseException as exc:
         code = exc.code if isinstance(exc, EmbedsweepError) else "load_client_failed"
         pipe.send(("error", type(exc).__name__, str(exc), code))

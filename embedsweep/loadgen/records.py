@@ -85,7 +85,7 @@ class LevelRecords:
 
 
 @dataclass
-class _Rows:
+class Rows:
     """One process's rows, times relative to the level's clock start, in completion order."""
 
     starts: npt.NDArray[np.int64]
@@ -99,8 +99,8 @@ class _Rows:
     halted: str | None = None
 
 
-def _records(
-    parts: Sequence[_Rows],
+def merge_records(
+    parts: Sequence[Rows],
     *,
     concurrency: int,
     expected_tokens: int,

@@ -67,7 +67,7 @@ def _offered_rps(
     return rate
 
 
-def _offered(
+def offered(
     schedule: npt.NDArray[np.int64] | None,
     rate: float | None,
     requests: int | None,

@@ -18,15 +18,15 @@ from typing import Final
 
 from embedsweep.errors import EmbedsweepError
 from embedsweep.registry_gen.wheel import (
-    _REFRESH_FAILED,
-    _absolute_module,
-    _add_argument_flags,
-    _assigned_name,
-    _Extracted,
-    _module_file,
-    _str_constants,
-    _top_level,
-    _Wheel,
+    REFRESH_FAILED,
+    Extracted,
+    Wheel,
+    absolute_module,
+    add_argument_flags,
+    assigned_name,
+    module_file,
+    str_constants,
+    top_level,
 )
 
 _SGLANG_MODELS_DIR: Final = "sglang/srt/models/"
@@ -36,38 +36,38 @@ _SGLANG_EMBED_FLAG: Final = "--is-embedding"
 _NOT_EMBEDDING: Final = ("SequenceClassification", "RewardModel")
 
 
-def _resolve_class(wheel: _Wheel, file: str, name: str, depth: int = 0) -> tuple[str | None, str]:
+def _resolve_class(wheel: Wheel, file: str, name: str, depth: int = 0) -> tuple[str | None, str]:
     """(file defining the class or None, the class's ``__name__``) for ``name`` seen in ``file``."""
     tree = wheel.tree(file)
     if tree is None or depth > 8:
         return None, name
-    for stmt in _top_level(tree):
+    for stmt in top_level(tree):
         if isinstance(stmt, ast.ClassDef) and stmt.name == name:
             return file, name
-    for stmt in _top_level(tree):
-        assigned = _assigned_name(stmt)
+    for stmt in top_level(tree):
+        assigned = assigned_name(stmt)
         if assigned and assigned[0] == name and isinstance(assigned[1], ast.Name):
             return _resolve_class(wheel, file, assigned[1].id, depth + 1)
         if isinstance(stmt, ast.ImportFrom):
             for alias in stmt.names:
                 if (alias.asname or alias.name) == name:
-                    other = _module_file(wheel, _absolute_module(file, stmt))
+                    other = module_file(wheel, absolute_module(file, stmt))
                     if other is None:
                         return None, alias.name
                     return _resolve_class(wheel, other, alias.name, depth + 1)
     return None, name
 
 
-def _class_def(wheel: _Wheel, file: str, name: str) -> ast.ClassDef | None:
+def _class_def(wheel: Wheel, file: str, name: str) -> ast.ClassDef | None:
     tree = wheel.tree(file)
     if tree is None:
         return None
     return next(
-        (s for s in _top_level(tree) if isinstance(s, ast.ClassDef) and s.name == name), None
+        (s for s in top_level(tree) if isinstance(s, ast.ClassDef) and s.name == name), None
     )
 
 
-def _forward_takes_get_embedding(wheel: _Wheel, file: str, name: str, depth: int = 0) -> bool:
+def _forward_takes_get_embedding(wheel: Wheel, file: str, name: str, depth: int = 0) -> bool:
     node = _class_def(wheel, file, name)
     if node is None or depth > 8:
         return False
@@ -85,13 +85,13 @@ def _forward_takes_get_embedding(wheel: _Wheel, file: str, name: str, depth: int
     return False
 
 
-def _entry_classes(wheel: _Wheel, file: str) -> list[tuple[str | None, str]]:
+def _entry_classes(wheel: Wheel, file: str) -> list[tuple[str | None, str]]:
     tree = wheel.tree(file)
     if tree is None:
         return []
     found: list[tuple[str | None, str]] = []
-    for stmt in _top_level(tree):
-        assigned = _assigned_name(stmt)
+    for stmt in top_level(tree):
+        assigned = assigned_name(stmt)
         if not assigned or assigned[0] != "EntryClass":
             continue
         value = assigned[1]
@@ -106,7 +106,7 @@ def _entry_classes(wheel: _Wheel, file: str) -> list[tuple[str | None, str]]:
     return found
 
 
-def _sglang_rule_names(wheel: _Wheel) -> tuple[set[str], set[str], list[str], list[str]]:
+def _sglang_rule_names(wheel: Wheel) -> tuple[set[str], set[str], list[str], list[str]]:
     """(architectures that are not generative, classification ones among them, the places naming
     the first, the places naming the second)."""
     not_generative: set[str] = set()
@@ -120,12 +120,12 @@ def _sglang_rule_names(wheel: _Wheel) -> tuple[set[str], set[str], list[str], li
                 body = stmt.body
                 if body and isinstance(body[0], ast.Expr):  # a docstring names no architecture
                     body = body[1:]
-                not_generative |= set().union(*(_str_constants(s) for s in body))
+                not_generative |= set().union(*(str_constants(s) for s in body))
                 files.append(f"{file}::is_generation_model")
     for file in wheel.files_containing("sglang/srt/", b"_EMBEDDING_ARCHITECTURES"):
         tree = wheel.tree(file)
         for stmt in tree.body if tree else []:
-            assigned = _assigned_name(stmt)
+            assigned = assigned_name(stmt)
             if assigned and assigned[0] == "_EMBEDDING_ARCHITECTURES":
                 value = assigned[1]
                 if isinstance(value, ast.Dict):
@@ -136,7 +136,7 @@ def _sglang_rule_names(wheel: _Wheel) -> tuple[set[str], set[str], list[str], li
                     }
                     files.append(f"{file}::_EMBEDDING_ARCHITECTURES")
             elif assigned and assigned[0] == "_CLASSIFICATION_ARCHITECTURES":
-                classification |= _str_constants(assigned[1])
+                classification |= str_constants(assigned[1])
                 classification_files.append(f"{file}::_CLASSIFICATION_ARCHITECTURES")
     # Architecture names only: is_generation_model also holds no other string literals today,
     # but a log message would not look like a class name.
@@ -150,10 +150,10 @@ def _sglang_rule_names(wheel: _Wheel) -> tuple[set[str], set[str], list[str], li
     )
 
 
-def _sglang_embed_flag_file(wheel: _Wheel) -> str | None:
+def _sglang_embed_flag_file(wheel: Wheel) -> str | None:
     """The file defining ``--is-embedding``: an ``add_argument`` call in older releases, an
     ``is_embedding`` field of a server-argument class (its CLI name derived) in newer ones."""
-    if _add_argument_flags(wheel.tree(_SGLANG_SERVER_ARGS), [_SGLANG_EMBED_FLAG]):
+    if add_argument_flags(wheel.tree(_SGLANG_SERVER_ARGS), [_SGLANG_EMBED_FLAG]):
         return _SGLANG_SERVER_ARGS
     candidates = [
         n
@@ -173,7 +173,7 @@ def _sglang_embed_flag_file(wheel: _Wheel) -> str | None:
     return None
 
 
-def _generate_sglang(wheel: _Wheel) -> _Extracted:
+def generate_sglang(wheel: Wheel) -> Extracted:
     modules = sorted(
         n
         for n in wheel.names
@@ -184,11 +184,11 @@ def _generate_sglang(wheel: _Wheel) -> _Extracted:
         for defining_file, class_name in _entry_classes(wheel, module):
             registered.setdefault(class_name, (defining_file, module))
     if not registered:
-        raise EmbedsweepError(f"no EntryClass in {_SGLANG_MODELS_DIR}*.py", code=_REFRESH_FAILED)
+        raise EmbedsweepError(f"no EntryClass in {_SGLANG_MODELS_DIR}*.py", code=REFRESH_FAILED)
     not_generative, classification, rule_files, classification_files = _sglang_rule_names(wheel)
     if not rule_files:
         raise EmbedsweepError(
-            "no is_generation_model / _EMBEDDING_ARCHITECTURES in sglang/srt", code=_REFRESH_FAILED
+            "no is_generation_model / _EMBEDDING_ARCHITECTURES in sglang/srt", code=REFRESH_FAILED
         )
     architectures = set(registered)
     embedding = (not_generative - classification) & architectures
@@ -219,4 +219,4 @@ def _generate_sglang(wheel: _Wheel) -> _Extracted:
         f"with {_SGLANG_EMBED_FLAG} (defined in {flag_file or 'no file found'})",
     }
     flags = [_SGLANG_EMBED_FLAG] if flag_file else []
-    return _Extracted(architectures, embedding, convertible, flags, rules)
+    return Extracted(architectures, embedding, convertible, flags, rules)

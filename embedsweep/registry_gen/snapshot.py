@@ -18,9 +18,9 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from embedsweep.errors import EmbedsweepError
-from embedsweep.registry_gen.sglang import _generate_sglang
-from embedsweep.registry_gen.vllm import _generate_vllm
-from embedsweep.registry_gen.wheel import _REFRESH_FAILED, _Wheel
+from embedsweep.registry_gen.sglang import generate_sglang
+from embedsweep.registry_gen.vllm import generate_vllm
+from embedsweep.registry_gen.wheel import REFRESH_FAILED, Wheel
 
 SCHEMA_VERSION: Final = 1
 GENERATOR: Final = f"embedsweep.registry_gen {SCHEMA_VERSION}"
@@ -57,7 +57,7 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-_GENERATORS: Final = {"vllm": _generate_vllm, "sglang": _generate_sglang}
+_GENERATORS: Final = {"vllm": generate_vllm, "sglang": generate_sglang}
 
 
 def generate(wheel_path: Path) -> SnapshotData:
@@ -66,10 +66,10 @@ def generate(wheel_path: Path) -> SnapshotData:
         archive = zipfile.ZipFile(wheel_path)
     except (OSError, zipfile.BadZipFile) as exc:
         raise EmbedsweepError(
-            f"cannot open wheel {wheel_path}: {exc}", code=_REFRESH_FAILED
+            f"cannot open wheel {wheel_path}: {exc}", code=REFRESH_FAILED
         ) from exc
     with archive:
-        wheel = _Wheel(archive)
+        wheel = Wheel(archive)
         name, version = wheel.metadata()
         engine = next(
             (e for e, p in ENGINE_PACKAGES.items() if canonicalize_name(p) == name),
@@ -78,7 +78,7 @@ def generate(wheel_path: Path) -> SnapshotData:
         if engine is None:
             raise EmbedsweepError(
                 f"{wheel_path.name} is {name}, not one of {', '.join(ENGINE_PACKAGES)}",
-                code=_REFRESH_FAILED,
+                code=REFRESH_FAILED,
             )
         found = _GENERATORS[engine](wheel)
     return SnapshotData(
@@ -114,7 +114,7 @@ def _package(engine: str) -> str:
     if engine not in ENGINE_PACKAGES:
         raise EmbedsweepError(
             f"no registry for engine {engine!r}: one of {', '.join(ENGINE_PACKAGES)}",
-            code=_REFRESH_FAILED,
+            code=REFRESH_FAILED,
         )
     return ENGINE_PACKAGES[engine]
 
@@ -137,7 +137,7 @@ def _pip_download(package: str, version: str, dest: Path) -> None:
         lines = [ln.strip() for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
         last = lines[-1] if lines else f"exit status {done.returncode}"
         raise EmbedsweepError(
-            f"pip download {package}=={version} failed: {last}", code=_REFRESH_FAILED
+            f"pip download {package}=={version} failed: {last}", code=REFRESH_FAILED
         )
 
 
@@ -145,7 +145,7 @@ def _version(version: str) -> Version:
     try:
         return Version(version)
     except InvalidVersion as exc:
-        raise EmbedsweepError(f"invalid version {version!r}", code=_REFRESH_FAILED) from exc
+        raise EmbedsweepError(f"invalid version {version!r}", code=REFRESH_FAILED) from exc
 
 
 def _find_wheel(package: str, version: str, wheel_dir: Path) -> Path:
@@ -158,7 +158,7 @@ def _find_wheel(package: str, version: str, wheel_dir: Path) -> Path:
         if name == canonicalize_name(package) and found == wanted:
             return path
     raise EmbedsweepError(
-        f"no {package} {version} wheel in {wheel_dir} after pip download", code=_REFRESH_FAILED
+        f"no {package} {version} wheel in {wheel_dir} after pip download", code=REFRESH_FAILED
     )
 
 
@@ -180,7 +180,7 @@ def refresh(
             f"{package} is no distribution of {engine} (known: "
             + ", ".join(f"{p} for {e}" for p, e in ENGINE_BUILDS.items())
             + ")",
-            code=_REFRESH_FAILED,
+            code=REFRESH_FAILED,
         )
     _version(version)
     if wheel_dir is None:
@@ -195,6 +195,6 @@ def _refresh_from(engine: str, package: str, version: str, wheel_dir: Path, out_
     snapshot = generate(_find_wheel(package, version, wheel_dir))
     if snapshot["engine"] != engine:
         raise EmbedsweepError(
-            f"downloaded wheel is {snapshot['engine']}, not {engine}", code=_REFRESH_FAILED
+            f"downloaded wheel is {snapshot['engine']}, not {engine}", code=REFRESH_FAILED
         )
     return write_snapshot(snapshot, out_dir)

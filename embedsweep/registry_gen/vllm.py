@@ -23,11 +23,11 @@ from typing import Final
 
 from embedsweep.errors import EmbedsweepError
 from embedsweep.registry_gen.wheel import (
-    _REFRESH_FAILED,
-    _add_argument_flags,
-    _assigned_name,
-    _Extracted,
-    _Wheel,
+    REFRESH_FAILED,
+    Extracted,
+    Wheel,
+    add_argument_flags,
+    assigned_name,
 )
 
 _VLLM_REGISTRY: Final = "vllm/model_executor/models/registry.py"
@@ -234,13 +234,13 @@ def _compare(op: ast.cmpop, left: object, right: object) -> bool:
     raise _Unresolvable(f"comparison {type(op).__name__}")
 
 
-def _vllm_dicts(wheel: _Wheel) -> dict[str, _Registry]:
+def _vllm_dicts(wheel: Wheel) -> dict[str, _Registry]:
     tree = wheel.tree(_VLLM_REGISTRY)
     if tree is None:
-        raise EmbedsweepError(f"no readable {_VLLM_REGISTRY} in the wheel", code=_REFRESH_FAILED)
+        raise EmbedsweepError(f"no readable {_VLLM_REGISTRY} in the wheel", code=REFRESH_FAILED)
     evaluator = _DictEvaluator(_VLLM_REGISTRY, wheel.unresolved)
     for stmt in tree.body:
-        assigned = _assigned_name(stmt)
+        assigned = assigned_name(stmt)
         if assigned and _MODELS_DICT.match(assigned[0]):
             evaluator.assign(*assigned)
         elif (
@@ -259,12 +259,12 @@ def _vllm_dicts(wheel: _Wheel) -> dict[str, _Registry]:
     dicts = {name: d for name, d in evaluator.dicts.items() if d}
     if not dicts:
         raise EmbedsweepError(
-            f"no _*_MODELS registry dict in {_VLLM_REGISTRY}", code=_REFRESH_FAILED
+            f"no _*_MODELS registry dict in {_VLLM_REGISTRY}", code=REFRESH_FAILED
         )
     return dicts
 
 
-def _vllm_conversion(wheel: _Wheel) -> list[str]:
+def _vllm_conversion(wheel: Wheel) -> list[str]:
     """Files that call ``as_embedding_model`` when ``adapters.py`` defines it; else []."""
     adapters = wheel.tree(_VLLM_ADAPTERS)
     defined = adapters is not None and any(
@@ -288,14 +288,14 @@ def _vllm_conversion(wheel: _Wheel) -> list[str]:
     return callers
 
 
-def _generate_vllm(wheel: _Wheel) -> _Extracted:
+def generate_vllm(wheel: Wheel) -> Extracted:
     dicts = _vllm_dicts(wheel)
     architectures = set().union(*dicts.values())
     embedding_dicts = sorted(n for n in dicts if "EMBEDDING" in n)
     generation_dicts = sorted(n for n in dicts if _GENERATION_DICT.match(n))
     embedding: set[str] = set().union(*(dicts[n] for n in embedding_dicts))
     callers = _vllm_conversion(wheel)
-    flags = _add_argument_flags(wheel.tree(_VLLM_ARG_UTILS), _VLLM_CONVERT_FLAGS)
+    flags = add_argument_flags(wheel.tree(_VLLM_ARG_UTILS), _VLLM_CONVERT_FLAGS)
     convertible: set[str] = set()
     if callers:
         causal = set().union(*(dicts[n] for n in generation_dicts))
@@ -319,4 +319,4 @@ def _generate_vllm(wheel: _Wheel) -> _Extracted:
         "/classify or /pooling, not one /v1/embeddings vector per input)",
         "convertible": convert_rule,
     }
-    return _Extracted(architectures, embedding, convertible, flags if callers else [], rules)
+    return Extracted(architectures, embedding, convertible, flags if callers else [], rules)

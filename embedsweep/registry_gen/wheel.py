@@ -1,4 +1,4 @@
-"""Reading an engine's wheel, once: :class:`_Wheel` (its member names, each Python source parsed
+"""Reading an engine's wheel, once: :class:`Wheel` (its member names, each Python source parsed
 at most once and only on demand, the files parsed and what could not be resolved) and the small
 ``ast`` helpers both engines' rules use. Nothing in a wheel is imported or executed."""
 
@@ -16,10 +16,10 @@ from packaging.utils import canonicalize_name
 
 from embedsweep.errors import EmbedsweepError
 
-_REFRESH_FAILED: Final = "registry_refresh_failed"
+REFRESH_FAILED: Final = "registry_refresh_failed"
 
 
-class _Extracted(NamedTuple):
+class Extracted(NamedTuple):
     """What one engine's rules find in a wheel (sets; sorted when written)."""
 
     architectures: set[str]
@@ -29,7 +29,7 @@ class _Extracted(NamedTuple):
     rules: dict[str, str]
 
 
-class _Wheel:
+class Wheel:
     """Sources of one wheel, parsed on demand; remembers which files were parsed."""
 
     def __init__(self, archive: zipfile.ZipFile) -> None:
@@ -72,16 +72,16 @@ class _Wheel:
         found = [n for n in self.names if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
         if len(found) != 1:
             raise EmbedsweepError(
-                "not a wheel: no single *.dist-info/METADATA", code=_REFRESH_FAILED
+                "not a wheel: no single *.dist-info/METADATA", code=REFRESH_FAILED
             )
         headers = HeaderParser().parsestr(self.read(found[0]).decode("utf-8", "replace"))
         name, version = headers.get("Name"), headers.get("Version")
         if not name or not version:
-            raise EmbedsweepError(f"{found[0]} names no Name/Version", code=_REFRESH_FAILED)
+            raise EmbedsweepError(f"{found[0]} names no Name/Version", code=REFRESH_FAILED)
         return str(canonicalize_name(name)), version
 
 
-def _module_file(wheel: _Wheel, module: str) -> str | None:
+def module_file(wheel: Wheel, module: str) -> str | None:
     base = module.replace(".", "/")
     for candidate in (f"{base}.py", f"{base}/__init__.py"):
         if candidate in wheel.names:
@@ -89,7 +89,7 @@ def _module_file(wheel: _Wheel, module: str) -> str | None:
     return None
 
 
-def _absolute_module(current_file: str, node: ast.ImportFrom) -> str:
+def absolute_module(current_file: str, node: ast.ImportFrom) -> str:
     if node.level == 0:
         return node.module or ""
     package = list(PurePosixPath(current_file).parent.parts)
@@ -97,7 +97,7 @@ def _absolute_module(current_file: str, node: ast.ImportFrom) -> str:
     return ".".join([*package, *([node.module] if node.module else [])])
 
 
-def _top_level(tree: ast.Module) -> Iterator[ast.stmt]:
+def top_level(tree: ast.Module) -> Iterator[ast.stmt]:
     """Module-level statements, including those inside module-level ``if``/``try`` blocks."""
     pending: list[ast.stmt] = list(tree.body)
     while pending:
@@ -110,7 +110,7 @@ def _top_level(tree: ast.Module) -> Iterator[ast.stmt]:
             pending[:0] = [*stmt.body, *handlers, *stmt.orelse, *stmt.finalbody]
 
 
-def _assigned_name(stmt: ast.stmt) -> tuple[str, ast.expr] | None:
+def assigned_name(stmt: ast.stmt) -> tuple[str, ast.expr] | None:
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
         target = stmt.targets[0]
         if isinstance(target, ast.Name):
@@ -120,13 +120,13 @@ def _assigned_name(stmt: ast.stmt) -> tuple[str, ast.expr] | None:
     return None
 
 
-def _str_constants(node: ast.AST) -> set[str]:
+def str_constants(node: ast.AST) -> set[str]:
     return {
         n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)
     }
 
 
-def _add_argument_flags(tree: ast.Module | None, wanted: Iterable[str]) -> list[str]:
+def add_argument_flags(tree: ast.Module | None, wanted: Iterable[str]) -> list[str]:
     """Which of ``wanted`` an argparse ``add_argument("--flag", ...)`` call in ``tree`` defines."""
     if tree is None:
         return []

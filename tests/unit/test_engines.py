@@ -143,11 +143,11 @@ def test_engine_install_specs(spec: str, engine: str, version: str) -> None:
 
 
 def test_cpu_build_record_names_the_module_command(tmp_path: Path) -> None:
-    from embedsweep.engine_envs import InstalledEngine, _command
+    from embedsweep.engine_envs import InstalledEngine, engine_command
 
-    command = _command("vllm", "cpu", tmp_path)
+    command = engine_command("vllm", "cpu", tmp_path)
     assert command == [str(tmp_path / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server"]
-    assert _command("vllm", None, tmp_path) == [str(tmp_path / "bin" / "vllm")]
+    assert engine_command("vllm", None, tmp_path) == [str(tmp_path / "bin" / "vllm")]
     # A record written before builds existed still reads (no build, no fixes).
     old = {
         "engine": "vllm", "version": "0.33.0", "prefix": "/p", "python": "/p/bin/python",
@@ -212,13 +212,13 @@ def test_usage_counting_per_engine() -> None:
 
 
 def test_infinity_install_spec_gets_its_server_extras() -> None:
-    from embedsweep.engine_envs import _parse, _torch_pin, parse_requirement
+    from embedsweep.engine_envs import parse_requirement, parse_spec, torch_pin
 
     assert parse_requirement("infinity-emb==0.0.78") == ("infinity", "0.0.78")
-    assert _parse("infinity-emb==0.0.78").requirement == "infinity-emb[server,torch]==0.0.78"
-    assert _parse("infinity-emb[all]==0.0.78").requirement == "infinity-emb[all]==0.0.78"
-    assert _torch_pin("infinity-emb", ["torch==2.4.0"]) == []
-    assert _torch_pin("vllm", []) == []
-    [pin] = _torch_pin("infinity-emb", [])
+    assert parse_spec("infinity-emb==0.0.78").requirement == "infinity-emb[server,torch]==0.0.78"
+    assert parse_spec("infinity-emb[all]==0.0.78").requirement == "infinity-emb[all]==0.0.78"
+    assert torch_pin("infinity-emb", ["torch==2.4.0"]) == []
+    assert torch_pin("vllm", []) == []
+    [pin] = torch_pin("infinity-emb", [])
     assert pin.startswith("torch==")
     assert "+" not in pin
