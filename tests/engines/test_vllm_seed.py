@@ -36,7 +36,7 @@ from embedsweep.engines.process import ServerProcess
 from embedsweep.errors import ServerError
 from embedsweep.hub import resolve_model
 from embedsweep.preflight import PoolLimits, run_preflight
-from embedsweep.runner import _level_failure, preflight_cell
+from embedsweep.runner import level_failure, preflight_cell
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
@@ -114,7 +114,7 @@ def test_seed_generator_gets_vllms_400_on_every_request(
     assert min(counted) > 512
     records = level(e5_served, E5_NAME, texts, words)
     assert records.status.tolist() == [400] * 16
-    failure = _level_failure(records, 4)
+    failure = level_failure(records, 4)
     assert failure is not None
     assert failure.code == "context_overflow"
     assert "This model's maximum context length is 512 tokens" in failure.message
