@@ -57,10 +57,6 @@ def summarize(
     ok = int(ok_mask.sum())
     duration_s = records.wall_ns / 1e9
 
-    causes: Counter[str] = Counter()
-    for row in np.flatnonzero(~ok_mask).tolist():
-        causes[error_cause(int(status[row]), records.error[row])] += 1
-
     ok_tokens = records.prompt_tokens[ok_mask].astype(np.int64)
     server_tokens = int(ok_tokens[ok_tokens >= 0].sum())
     mismatch = int((ok_tokens != records.expected_tokens[ok_mask]).sum())
@@ -69,23 +65,13 @@ def summarize(
         return amount / duration_s if duration_s > 0 else 0.0
 
     tokens_per_s = per_second(server_tokens)
-    cost: float | None = None
-    if cost_per_gpu_hour > 0 and tokens_per_s > 0:
-        cost = cost_per_gpu_hour * gpu_count / 3600 / tokens_per_s * 1e6
-
-    lag_ms = (records.start_ns - records.scheduled_ns).astype(np.float64) / 1e6
-    lag_mean = lag_p99 = lag_max = 0.0
-    if len(lag_ms):
-        lag_mean = float(lag_ms.mean())
-        lag_p99 = float(np.percentile(lag_ms, 99.0))
-        lag_max = float(lag_ms.max())
-
+    lag_mean, lag_p99, lag_max = _client_lag_ms(records)
     return LevelSummary(
         concurrency=records.concurrency,
         requests=requests,
         ok=ok,
         errors=requests - ok,
-        errors_by_cause=dict(sorted(causes.items())),
+        errors_by_cause=_errors_by_cause(records, status, ok_mask),
         duration_s=duration_s,
         throughput_rps=per_second(ok),
         inputs_per_s=per_second(ok * batch_size),
@@ -95,7 +81,7 @@ def summarize(
         # Little's law: the mean number of requests in flight over the level.
         achieved_concurrency=per_second(float(records.latency_ns.sum()) / 1e9),
         valid=ok > 0 and mismatch == 0 and records.halted is None,
-        cost_per_million_tokens=cost,
+        cost_per_million_tokens=_cost_per_million(cost_per_gpu_hour, gpu_count, tokens_per_s),
         mode=records.mode,
         offered_rps=records.offered_rps,
         partial=records.halted is not None,
@@ -105,6 +91,33 @@ def summarize(
         lag_max_ms=lag_max,
         unsent=records.unsent,
     )
+
+
+def _errors_by_cause(
+    records: LevelRecords, status: npt.NDArray[np.int64], ok_mask: npt.NDArray[np.bool_]
+) -> dict[str, int]:
+    """The failed requests counted by :func:`error_cause`, causes in sorted order."""
+    causes: Counter[str] = Counter()
+    for row in np.flatnonzero(~ok_mask).tolist():
+        causes[error_cause(int(status[row]), records.error[row])] += 1
+    return dict(sorted(causes.items()))
+
+
+def _cost_per_million(
+    cost_per_gpu_hour: float, gpu_count: int, tokens_per_s: float
+) -> float | None:
+    """Dollars per million input tokens at ``tokens_per_s``; None without a price or a rate."""
+    if cost_per_gpu_hour > 0 and tokens_per_s > 0:
+        return cost_per_gpu_hour * gpu_count / 3600 / tokens_per_s * 1e6
+    return None
+
+
+def _client_lag_ms(records: LevelRecords) -> tuple[float, float, float]:
+    """Mean, p99 and max of actual minus scheduled start, in ms; zeros for no request."""
+    lag_ms = (records.start_ns - records.scheduled_ns).astype(np.float64) / 1e6
+    if not len(lag_ms):
+        return 0.0, 0.0, 0.0
+    return float(lag_ms.mean()), float(np.percentile(lag_ms, 99.0)), float(lag_ms.max())
 
 
 def _latency_ms(latency_ns: npt.NDArray[np.int64]) -> LatencyMs:
@@ -137,6 +150,22 @@ def meets_slo(
     return summary.throughput_rps >= keep_up * offered
 
 
+def _check_search(
+    slo_p99_ms: float, lo: float, hi: float, *, growth: float, rel_tol: float, max_levels: int
+) -> None:
+    """Raise :class:`ConfigError` for :func:`slo_search` arguments it cannot search with."""
+    if not (0 < lo <= hi and math.isfinite(hi)):
+        raise ConfigError(f"rate bounds must satisfy 0 < lo <= hi, got lo={lo}, hi={hi}")
+    if slo_p99_ms <= 0:
+        raise ConfigError(f"SLO p99 must be > 0 ms, got {slo_p99_ms}")
+    if growth <= 1:
+        raise ConfigError(f"growth must be > 1, got {growth}")
+    if rel_tol <= 0:
+        raise ConfigError(f"relative tolerance must be > 0, got {rel_tol}")
+    if max_levels < 1:
+        raise ConfigError(f"max_levels must be >= 1, got {max_levels}")
+
+
 def slo_search(
     run_at_rate: Callable[[float], LevelSummary],
     slo_p99_ms: float,
@@ -159,16 +188,7 @@ def slo_search(
     exceeds a rate that failed. Assumes that meeting the SLO is monotone in the rate; a noisy
     level near the knee can only make the answer lower, not invalid.
     """
-    if not (0 < lo <= hi and math.isfinite(hi)):
-        raise ConfigError(f"rate bounds must satisfy 0 < lo <= hi, got lo={lo}, hi={hi}")
-    if slo_p99_ms <= 0:
-        raise ConfigError(f"SLO p99 must be > 0 ms, got {slo_p99_ms}")
-    if growth <= 1:
-        raise ConfigError(f"growth must be > 1, got {growth}")
-    if rel_tol <= 0:
-        raise ConfigError(f"relative tolerance must be > 0, got {rel_tol}")
-    if max_levels < 1:
-        raise ConfigError(f"max_levels must be >= 1, got {max_levels}")
+    _check_search(slo_p99_ms, lo, hi, growth=growth, rel_tol=rel_tol, max_levels=max_levels)
     summaries: list[LevelSummary] = []
 
     def passes(rate: float) -> bool:

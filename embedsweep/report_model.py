@@ -1,16 +1,30 @@
 """What every report format shows, shared by the terminal table, markdown and JSON
-(``embedsweep.report``) and the HTML page (``embedsweep.report_html``): the row formatters, the
-column sets (header, formatter, alignment), the notes that explain the status marks, and the
-summaries over rows (cell counts, peaks, cheapest levels, blocked and failed runs, servers).
+(``embedsweep.report``) and the HTML page (``embedsweep.report_html``): the row formatters (each
+figure's own in ``embedsweep.report_format``), the column sets (header, formatter, alignment),
+the notes that explain the status marks, and the summaries over rows (cell counts, peaks,
+cheapest levels, blocked and failed runs, servers).
 Pure: rows in, values and strings out; no warehouse access and no printing.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from embedsweep.report_format import (
+    MISSING,
+    finite_number,
+    format_cores,
+    format_cosine,
+    format_integer,
+    format_millis,
+    format_money,
+    format_rate,
+    format_sci,
+    format_text,
+    format_tokens,
+)
 
 __all__ = [
     "BUSY_HOST",
@@ -53,50 +67,6 @@ __all__ = [
 
 ReportRow = dict[str, Any]
 
-# What a table shows for a figure a row lacks.
-MISSING = "-"
-_DASH = MISSING
-
-
-def finite_number(value: object) -> float | int | None:
-    """The value as a figure, or None for anything that is not a finite number."""
-    # bool is an int to Python but never a figure here; NaN and infinities print as missing.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _integer(value: object) -> str:
-    number = finite_number(value)
-    return _DASH if number is None else f"{number:,}"
-
-
-def _rate(value: object) -> str:
-    # Requests per second of a small CPU model are single digits; one decimal keeps them apart.
-    # Past a thousand the decimal is noise and only widens the column.
-    number = finite_number(value)
-    if number is None:
-        return _DASH
-    return f"{number:,.1f}" if abs(number) < 1000 else f"{number:,.0f}"
-
-
-def _tokens(value: object) -> str:
-    number = finite_number(value)
-    return _DASH if number is None else f"{number:,.0f}"
-
-
-def _millis(value: object) -> str:
-    # Three significant figures: sub-10 ms latencies differ in the second decimal, 10-100 ms in
-    # the first; past 100 ms a decimal is noise.
-    number = finite_number(value)
-    if number is None:
-        return _DASH
-    if abs(number) < 10:
-        return f"{number:.2f}"
-    return f"{number:.1f}" if abs(number) < 100 else f"{number:,.0f}"
-
 
 def _open_loop(row: ReportRow, field: str, fmt: Callable[[object], str]) -> str:
     """A figure only an open loop has (offered rate, lag behind the schedule): empty for a
@@ -104,27 +74,14 @@ def _open_loop(row: ReportRow, field: str, fmt: Callable[[object], str]) -> str:
     reads 0 but means nothing), and a dash for a row with no level at all."""
     if row.get("mode") == "open":
         return fmt(row.get(field))
-    return "" if finite_number(row.get("concurrency")) is not None else _DASH
-
-
-def _text(value: object) -> str:
-    return _DASH if value is None or value == "" else str(value)
-
-
-def _money(value: object) -> str:
-    # A small CPU model costs dollars per million tokens, a big GPU fractions of a cent: keep
-    # three significant figures either way.
-    number = finite_number(value)
-    if number is None:
-        return _DASH
-    return f"{number:.3g}" if abs(number) < 1000 else f"{number:,.0f}"
+    return "" if finite_number(row.get("concurrency")) is not None else MISSING
 
 
 def _status(row: ReportRow) -> str:
     # A level that ran but failed its own validity checks (token count mismatch, concurrency not
     # reached) must not read like a clean result; nor one whose served vectors are not the
     # model's (the fidelity probe failed): its figures measure something else.
-    status = _text(row.get("status"))
+    status = format_text(row.get("status"))
     if row.get("partial"):
         # The level the server's death cut short: its figures cover only what was measured.
         return f"{status} (partial)"
@@ -138,32 +95,21 @@ def _status(row: ReportRow) -> str:
     return f"{status} {BUSY_HOST}" if row.get("host_quiet") is False else status
 
 
-def _cores(value: object) -> str:
-    number = finite_number(value)
-    return _DASH if number is None else f"{number:.2f}"
-
-
-def _cosine(value: object) -> str:
-    # 1 - cosine is what matters: 0.99999994 and 0.9999 differ in the fifth decimal.
-    number = finite_number(value)
-    return _DASH if number is None else f"{number:.6f}"
-
-
 def _fidelity(row: ReportRow) -> str:
     """The fidelity verdict in a few characters: pass / FAIL with the smallest cosine."""
     verdict = row.get("fidelity")
     if verdict is None:
-        return _DASH
+        return MISSING
     if verdict == "passed":
         return "pass"
     if verdict == "failed":
-        return f"FAIL {_cosine(row.get('fidelity_min_cosine'))}"
+        return f"FAIL {format_cosine(row.get('fidelity_min_cosine'))}"
     return str(verdict).replace("not_checked", "unchecked")
 
 
 def _finding_codes(row: ReportRow) -> str:
     findings = row.get("fidelity_findings") or []
-    return ", ".join(str(f.get("code")) for f in findings if isinstance(f, dict)) or _DASH
+    return ", ".join(str(f.get("code")) for f in findings if isinstance(f, dict)) or MISSING
 
 
 @dataclass(frozen=True)
@@ -199,7 +145,7 @@ def _engine_route(row: ReportRow) -> str:
 def _engine(row: ReportRow) -> str:
     """The engine; a built-in server figure says so, with how close that server came to direct
     encode of its model on the same host (the run's harness check)."""
-    engine = _text(row.get("engine"))
+    engine = format_text(row.get("engine"))
     if engine != "hf":
         return engine
     ratio = finite_number(row.get("harness_ratio"))
@@ -210,126 +156,129 @@ def _engine(row: ReportRow) -> str:
 # a drop rank, highest first (a fidelity failure still shows in status, a reason in the blocked
 # and failed table, requests/s are tokens/s over the chunk size).
 COMPARISON_COLUMNS: tuple[Column, ...] = (
-    Column("model", lambda r: _text(r.get("model"))),
+    Column("model", lambda r: format_text(r.get("model"))),
     Column("engine", _engine),
-    Column("dtype", lambda r: _text(r.get("dtype")), drop=1),
-    Column("pool", lambda r: _text(r.get("pool")), drop=4),
-    Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    Column("conc", lambda r: _integer(r.get("concurrency")), True),
+    Column("dtype", lambda r: format_text(r.get("dtype")), drop=1),
+    Column("pool", lambda r: format_text(r.get("pool")), drop=4),
+    Column("chunk", lambda r: format_integer(r.get("chunk_size")), True),
+    Column("conc", lambda r: format_integer(r.get("concurrency")), True),
     Column("status", _status),
-    Column("reason", lambda r: _text(r.get("reason")), code=True, drop=3),
-    Column("rps", lambda r: _rate(r.get("throughput_rps")), True, drop=5),
-    Column("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
-    Column("p50 ms", lambda r: _millis(r.get("p50_ms")), True, drop=2),
-    Column("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
+    Column("reason", lambda r: format_text(r.get("reason")), code=True, drop=3),
+    Column("rps", lambda r: format_rate(r.get("throughput_rps")), True, drop=5),
+    Column("tok/s", lambda r: format_tokens(r.get("input_tokens_per_s")), True),
+    Column("p50 ms", lambda r: format_millis(r.get("p50_ms")), True, drop=2),
+    Column("p99 ms", lambda r: format_millis(r.get("p99_ms")), True),
     Column("fidelity", _fidelity, drop=6),
 )
 
 # What an open-loop level adds to the terminal table: its offered rate (its "conc" is then
 # only the cap on connections) and the client's lag behind the schedule.
 OPEN_LOOP_COLUMNS: tuple[Column, ...] = (
-    Column("offered rps", lambda r: _open_loop(r, "offered_rps", _rate), True),
-    Column("lag p99 ms", lambda r: _open_loop(r, "lag_p99_ms", _millis), True, drop=1),
+    Column("offered rps", lambda r: _open_loop(r, "offered_rps", format_rate), True),
+    Column("lag p99 ms", lambda r: _open_loop(r, "lag_p99_ms", format_millis), True, drop=1),
 )
 
 # Every figure a row carries, for the formats read in a browser (markdown artifact, HTML page),
 # where a wide table scrolls instead of wrapping.
 FULL_COLUMNS: tuple[Column, ...] = (
-    Column("model", lambda r: _text(r.get("model")), False),
+    Column("model", lambda r: format_text(r.get("model")), False),
     Column("engine", lambda r: _engine_route(r), False),
-    Column("dtype", lambda r: _text(r.get("dtype")), False),
-    Column("pool", lambda r: _text(r.get("pool")), False),
-    Column("gpu", lambda r: _text(r.get("gpu_model")), False),
-    Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    Column("batch", lambda r: _integer(r.get("batch_size")), True),
-    Column("mode", lambda r: _text(r.get("mode")), False),
-    Column("conc", lambda r: _integer(r.get("concurrency")), True),
-    Column("offered rps", lambda r: _open_loop(r, "offered_rps", _rate), True),
+    Column("dtype", lambda r: format_text(r.get("dtype")), False),
+    Column("pool", lambda r: format_text(r.get("pool")), False),
+    Column("gpu", lambda r: format_text(r.get("gpu_model")), False),
+    Column("chunk", lambda r: format_integer(r.get("chunk_size")), True),
+    Column("batch", lambda r: format_integer(r.get("batch_size")), True),
+    Column("mode", lambda r: format_text(r.get("mode")), False),
+    Column("conc", lambda r: format_integer(r.get("concurrency")), True),
+    Column("offered rps", lambda r: _open_loop(r, "offered_rps", format_rate), True),
     Column("status", _status, False),
-    Column("reason", lambda r: _text(r.get("reason")), code=True),
-    Column("rps", lambda r: _rate(r.get("throughput_rps")), True),
-    Column("inputs/s", lambda r: _rate(r.get("inputs_per_s")), True),
-    Column("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
-    Column("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
-    Column("p90 ms", lambda r: _millis(r.get("p90_ms")), True),
-    Column("p95 ms", lambda r: _millis(r.get("p95_ms")), True),
-    Column("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
-    Column("max ms", lambda r: _millis(r.get("max_ms")), True),
-    Column("mean ms", lambda r: _millis(r.get("mean_ms")), True),
-    Column("$/M tok", lambda r: _money(r.get("cost_per_million_tokens")), True),
-    Column("lag p99 ms", lambda r: _open_loop(r, "lag_p99_ms", _millis), True),
-    Column("tok mismatch", lambda r: _integer(r.get("prompt_tokens_mismatch")), True),
-    Column("usage counts", lambda r: _text(r.get("usage_counting")), code=True),
-    Column("other cores", lambda r: _cores(r.get("host_other_cpu_cores")), True),
+    Column("reason", lambda r: format_text(r.get("reason")), code=True),
+    Column("rps", lambda r: format_rate(r.get("throughput_rps")), True),
+    Column("inputs/s", lambda r: format_rate(r.get("inputs_per_s")), True),
+    Column("tok/s", lambda r: format_tokens(r.get("input_tokens_per_s")), True),
+    Column("p50 ms", lambda r: format_millis(r.get("p50_ms")), True),
+    Column("p90 ms", lambda r: format_millis(r.get("p90_ms")), True),
+    Column("p95 ms", lambda r: format_millis(r.get("p95_ms")), True),
+    Column("p99 ms", lambda r: format_millis(r.get("p99_ms")), True),
+    Column("max ms", lambda r: format_millis(r.get("max_ms")), True),
+    Column("mean ms", lambda r: format_millis(r.get("mean_ms")), True),
+    Column("$/M tok", lambda r: format_money(r.get("cost_per_million_tokens")), True),
+    Column("lag p99 ms", lambda r: _open_loop(r, "lag_p99_ms", format_millis), True),
+    Column("tok mismatch", lambda r: format_integer(r.get("prompt_tokens_mismatch")), True),
+    Column("usage counts", lambda r: format_text(r.get("usage_counting")), code=True),
+    Column("other cores", lambda r: format_cores(r.get("host_other_cpu_cores")), True),
     Column("fidelity", _fidelity, False),
-    Column("min cosine", lambda r: _cosine(r.get("fidelity_min_cosine")), True),
+    Column("min cosine", lambda r: format_cosine(r.get("fidelity_min_cosine")), True),
 )
 
 # One line per probed run: are the served vectors the model's?
 FIDELITY_COLUMNS: tuple[Column, ...] = (
-    Column("model", lambda r: _text(r.get("model")), False),
+    Column("model", lambda r: format_text(r.get("model")), False),
     Column("engine", lambda r: _engine_route(r), False),
-    Column("pool", lambda r: _text(r.get("pool")), False),
-    Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    Column("verdict", lambda r: _text(r.get("fidelity")), False),
-    Column("min cosine", lambda r: _cosine(r.get("fidelity_min_cosine")), True),
-    Column("needs", lambda r: _cosine(r.get("fidelity_threshold")), True, drop=1),
-    Column("max |diff|", lambda r: _sci(r.get("fidelity_max_abs_diff")), True, drop=3),
+    Column("pool", lambda r: format_text(r.get("pool")), False),
+    Column("chunk", lambda r: format_integer(r.get("chunk_size")), True),
+    Column("verdict", lambda r: format_text(r.get("fidelity")), False),
+    Column("min cosine", lambda r: format_cosine(r.get("fidelity_min_cosine")), True),
+    Column("needs", lambda r: format_cosine(r.get("fidelity_threshold")), True, drop=1),
+    Column("max |diff|", lambda r: format_sci(r.get("fidelity_max_abs_diff")), True, drop=3),
     Column(
-        "batch/order cos", lambda r: _cosine(r.get("fidelity_invariance_min_cosine")), True, drop=2
+        "batch/order cos",
+        lambda r: format_cosine(r.get("fidelity_invariance_min_cosine")),
+        True,
+        drop=2,
     ),
     Column("findings", _finding_codes, code=True, wrap=True),
 )
 
 PROBLEM_COLUMNS: tuple[Column, ...] = (
-    Column("model", lambda r: _text(r.get("model")), False),
+    Column("model", lambda r: format_text(r.get("model")), False),
     Column("engine", lambda r: _engine_route(r), False),
-    Column("pool", lambda r: _text(r.get("pool")), False),
-    Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    Column("status", lambda r: _text(r.get("status")), False),
-    Column("reason", lambda r: _text(r.get("reason")), code=True),
-    Column("message", lambda r: _text(r.get("message")), wrap=True),
+    Column("pool", lambda r: format_text(r.get("pool")), False),
+    Column("chunk", lambda r: format_integer(r.get("chunk_size")), True),
+    Column("status", lambda r: format_text(r.get("status")), False),
+    Column("reason", lambda r: format_text(r.get("reason")), code=True),
+    Column("message", lambda r: format_text(r.get("message")), wrap=True),
 )
 
 # One line per (series, chunk size): the level with the most tokens per second.
 PEAK_COLUMNS: tuple[Column, ...] = (
-    Column("model", lambda r: _text(r.get("model")), False),
+    Column("model", lambda r: format_text(r.get("model")), False),
     Column("engine", _engine, False),
-    Column("dtype", lambda r: _text(r.get("dtype")), False),
-    Column("pool", lambda r: _text(r.get("pool")), False),
-    Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    Column("batch", lambda r: _integer(r.get("batch_size")), True),
-    Column("mode", lambda r: _text(r.get("mode")), False),
-    Column("at conc", lambda r: _integer(r.get("concurrency")), True),
-    Column("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
-    Column("inputs/s", lambda r: _rate(r.get("inputs_per_s")), True),
-    Column("p50 ms", lambda r: _millis(r.get("p50_ms")), True),
-    Column("p99 ms", lambda r: _millis(r.get("p99_ms")), True),
+    Column("dtype", lambda r: format_text(r.get("dtype")), False),
+    Column("pool", lambda r: format_text(r.get("pool")), False),
+    Column("chunk", lambda r: format_integer(r.get("chunk_size")), True),
+    Column("batch", lambda r: format_integer(r.get("batch_size")), True),
+    Column("mode", lambda r: format_text(r.get("mode")), False),
+    Column("at conc", lambda r: format_integer(r.get("concurrency")), True),
+    Column("tok/s", lambda r: format_tokens(r.get("input_tokens_per_s")), True),
+    Column("inputs/s", lambda r: format_rate(r.get("inputs_per_s")), True),
+    Column("p50 ms", lambda r: format_millis(r.get("p50_ms")), True),
+    Column("p99 ms", lambda r: format_millis(r.get("p99_ms")), True),
     Column("status", _status, False),
 )
 
 CHEAPEST_COLUMNS: tuple[Column, ...] = (
-    Column("model", lambda r: _text(r.get("model")), False),
+    Column("model", lambda r: format_text(r.get("model")), False),
     Column("engine", _engine, False),
-    Column("dtype", lambda r: _text(r.get("dtype")), False),
-    Column("pool", lambda r: _text(r.get("pool")), False),
-    Column("chunk", lambda r: _integer(r.get("chunk_size")), True),
-    Column("batch", lambda r: _integer(r.get("batch_size")), True),
-    Column("at conc", lambda r: _integer(r.get("concurrency")), True),
-    Column("$/M tok", lambda r: _money(r.get("cost_per_million_tokens")), True),
-    Column("tokens per $", lambda r: _tokens(_tokens_per_dollar(r)), True),
-    Column("tok/s", lambda r: _tokens(r.get("input_tokens_per_s")), True),
+    Column("dtype", lambda r: format_text(r.get("dtype")), False),
+    Column("pool", lambda r: format_text(r.get("pool")), False),
+    Column("chunk", lambda r: format_integer(r.get("chunk_size")), True),
+    Column("batch", lambda r: format_integer(r.get("batch_size")), True),
+    Column("at conc", lambda r: format_integer(r.get("concurrency")), True),
+    Column("$/M tok", lambda r: format_money(r.get("cost_per_million_tokens")), True),
+    Column("tokens per $", lambda r: format_tokens(_tokens_per_dollar(r)), True),
+    Column("tok/s", lambda r: format_tokens(r.get("input_tokens_per_s")), True),
 )
 
 # One line per engine server: every chunk size of a (model, engine, pool) ran on one.
 SERVER_COLUMNS: tuple[Column, ...] = (
-    Column("model", lambda r: _text(r.get("model")), False),
-    Column("engine", lambda r: _text(r.get("engine")), False),
-    Column("pool", lambda r: _text(r.get("pool")), False),
-    Column("dtype", lambda r: _text(r.get("dtype")), False),
+    Column("model", lambda r: format_text(r.get("model")), False),
+    Column("engine", lambda r: format_text(r.get("engine")), False),
+    Column("pool", lambda r: format_text(r.get("pool")), False),
+    Column("dtype", lambda r: format_text(r.get("dtype")), False),
     Column("chunk sizes", lambda r: ", ".join(str(c) for c in r.get("chunk_sizes", ())), False),
-    Column("start", lambda r: _text(r.get("startup")), False),
-    Column("healthy after s", lambda r: _rate(r.get("server_startup_s")), True),
+    Column("start", lambda r: format_text(r.get("startup")), False),
+    Column("healthy after s", lambda r: format_rate(r.get("server_startup_s")), True),
 )
 
 INVALID_NOTE = "ok* = the level ran but failed its validity checks (token counts or concurrency)."
@@ -372,11 +321,6 @@ NO_PRICES_NOTE = (
     "No prices were given (cost_per_gpu_hour is 0 for every pool that ran), so there is no cost "
     "comparison."
 )
-
-
-def _sci(value: object) -> str:
-    number = finite_number(value)
-    return _DASH if number is None else f"{number:.1e}"
 
 
 def valid_runs(rows: Sequence[ReportRow]) -> int:
@@ -438,7 +382,7 @@ def cell_counts(rows: Sequence[ReportRow]) -> dict[str, int]:
     cancelled) after them when some run has it."""
     status_of: dict[object, str] = {}
     for row in rows:
-        status_of.setdefault(_cell_key(row), _text(row.get("status")))
+        status_of.setdefault(_cell_key(row), format_text(row.get("status")))
     counts = dict.fromkeys(("ok", "blocked", "failed"), 0)
     for status in status_of.values():
         counts[status] = counts.get(status, 0) + 1
@@ -447,7 +391,7 @@ def cell_counts(rows: Sequence[ReportRow]) -> dict[str, int]:
 
 def sweeps(rows: Sequence[ReportRow]) -> list[str]:
     """The sweep names the rows come from, in first-seen order."""
-    return list(dict.fromkeys(_text(row.get("sweep")) for row in rows))
+    return list(dict.fromkeys(format_text(row.get("sweep")) for row in rows))
 
 
 def _measured(row: ReportRow) -> bool:
@@ -462,12 +406,12 @@ def series_key(row: ReportRow) -> SeriesKey:
     mode. The sweep is part of it: two sweeps of the same model, engine and pool are two
     measurements (another day, another host), never one curve or one best level."""
     return (
-        _text(row.get("sweep")),
-        _text(row.get("model")),
-        _text(row.get("engine")),
-        _text(row.get("pool")),
-        _integer(row.get("batch_size")),
-        _text(row.get("mode") or "closed"),
+        format_text(row.get("sweep")),
+        format_text(row.get("model")),
+        format_text(row.get("engine")),
+        format_text(row.get("pool")),
+        format_integer(row.get("batch_size")),
+        format_text(row.get("mode") or "closed"),
     )
 
 
@@ -505,7 +449,7 @@ def with_sweep(columns: Sequence[Column], rows: Sequence[ReportRow]) -> tuple[Co
     same model, engine and chunk size can then appear once per sweep)."""
     if len(sweeps(rows)) <= 1:
         return tuple(columns)
-    return (Column("sweep", lambda r: _text(r.get("sweep"))), *columns)
+    return (Column("sweep", lambda r: format_text(r.get("sweep"))), *columns)
 
 
 def with_open_loop(columns: Sequence[Column], rows: Sequence[ReportRow]) -> tuple[Column, ...]:
@@ -530,7 +474,7 @@ def servers(rows: Sequence[ReportRow]) -> list[ReportRow]:
             continue
         if server not in found:
             version = row.get("engine_version")
-            engine = _text(row.get("engine")) + (f" {version}" if version else "")
+            engine = format_text(row.get("engine")) + (f" {version}" if version else "")
             found[server] = {
                 "sweep": row.get("sweep"),
                 "model": row.get("model"),
@@ -550,7 +494,7 @@ def servers(rows: Sequence[ReportRow]) -> list[ReportRow]:
 def summary_line(rows: Sequence[ReportRow]) -> str:
     """Sweeps and cell counts in one line, for the top of a report."""
     counts = ", ".join(f"{n} {status}" for status, n in cell_counts(rows).items())
-    names = ", ".join(sweeps(rows)) or _DASH
+    names = ", ".join(sweeps(rows)) or MISSING
     return f"Sweeps: {names} · cells: {counts} · {len(rows)} rows"
 
 
@@ -565,10 +509,10 @@ def precision_note(rows: Sequence[ReportRow]) -> str | None:
         if not _measured(row) or not isinstance(dtype, str):
             continue
         engines = by_model.setdefault((row.get("model"), row.get("chunk_size")), {})
-        engines.setdefault(dtype, set()).add(_text(row.get("engine")))
+        engines.setdefault(dtype, set()).add(format_text(row.get("engine")))
         note = row.get("dtype_note")
         if isinstance(note, str) and note:
-            found = f"{_text(row.get('engine'))} {note}"
+            found = f"{format_text(row.get('engine'))} {note}"
             if found not in mismatches:
                 mismatches.append(found)
     parts: list[str] = []
@@ -579,7 +523,7 @@ def precision_note(rows: Sequence[ReportRow]) -> str | None:
         served = ", ".join(
             f"{'/'.join(sorted(engines))} {dtype}" for dtype, engines in sorted(dtypes.items())
         )
-        part = f"{_text(model)} was served as {served}"
+        part = f"{format_text(model)} was served as {served}"
         if part not in seen:
             seen.add(part)
             parts.append(part)
