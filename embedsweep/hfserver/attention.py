@@ -86,7 +86,11 @@ def _build() -> Any:
 
     flags = ["-O3", "-fopenmp", os.environ.get("EMBEDSWEEP_HF_ATTENTION_ARCH", "-march=native")]
     # Built for this CPU (-march=native): the tag names the source, torch and the CPU's flags.
+    # Torch's build files hold the source's path and the venv's include paths, and it rebuilds
+    # when they differ: two checkouts sharing the cache would take turns rebuilding one folder
+    # (~35 s at every server start), so both paths are part of the tag too.
     identity = [_SOURCE.read_bytes(), torch.__version__.encode(), " ".join(flags).encode()]
+    identity += [str(_SOURCE).encode(), str(Path(torch.__file__).parent).encode()]
     identity.append(" ".join(sorted(cpu_flags())).encode())
     tag = hashlib.sha256(b"\0".join(identity)).hexdigest()[:16]
     folder = kernel_dir() / f"attention-{tag}"
