@@ -36,6 +36,7 @@ def _spec(tmp_path: Path, **overrides: Any) -> Any:
             "concurrency": [2],
             "requests_per_level": 30,
             "warmup_requests": 2,
+            "fidelity": False,  # not this file's subject; it costs a reference encode per cell
         },
         "warehouse": str(tmp_path / "w.duckdb"),
         "artifacts": str(tmp_path / "runs"),

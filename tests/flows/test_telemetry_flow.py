@@ -70,6 +70,7 @@ def _spec(tmp_path: Path, devices: list[str]) -> Any:
                 "concurrency": [1, 2],
                 "requests_per_level": 30,
                 "warmup_requests": 2,
+                "fidelity": False,  # not this file's subject
             },
             "warehouse": str(tmp_path / "w.duckdb"),
             "artifacts": str(tmp_path / "runs"),

@@ -30,7 +30,13 @@ def _sweep(tmp_path: Path, **load: Any) -> dict[str, Any]:
         "models": [{"source": MODEL, "name": "minilm"}],
         "engines": ["hf"],
         "pools": [{"name": "cpu", "gpu_model": "cpu", "gpu_memory_gb": 0, "devices": ["cpu"]}],
-        "load": {"chunk_sizes": [10, 300], "concurrency": [2], "requests_per_level": 12, **load},
+        "load": {
+            "chunk_sizes": [10, 300],
+            "concurrency": [2],
+            "requests_per_level": 12,
+            "fidelity": False,
+            **load,
+        },
         "warehouse": str(tmp_path / "w.duckdb"),
         "artifacts": str(tmp_path / "runs"),
     }

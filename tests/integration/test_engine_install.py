@@ -303,6 +303,7 @@ def test_a_sweep_naming_two_versions_runs_both_and_keeps_them_apart(
                     "concurrency": [1],
                     "requests_per_level": 20,
                     "warmup_requests": 2,
+                    "fidelity": False,  # the versions' separation is this test's subject
                 },
                 "warehouse": str(tmp_path / "w.duckdb"),
                 "artifacts": str(tmp_path / "runs"),

