@@ -14,7 +14,7 @@ import queue
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -41,6 +41,7 @@ from embedsweep.placement import cell_deployment_name
 from embedsweep.records import PreflightResult, RunManifest
 from embedsweep.runner import (
     CellPlan,
+    build_manifest,
     finalize_run,
     finalize_unfinished,
     group_cells,
@@ -255,6 +256,7 @@ def _collect(
     sweep_run_id: str,
     run_id: str,
     state: str | None,
+    host: str,
     error: str | None = None,
 ) -> Path:
     """The run directory of a dispatched cell, fetched from shared storage when needed; a cell
@@ -269,38 +271,26 @@ def _collect(
         finalize_run(run_dir)
     if not (run_dir / "run.json").exists():
         cancelled = state in ("Cancelled", "Cancelling")
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
-        final = checks[-1]
-        write_manifest(
-            run_dir,
-            RunManifest(
-                run_id=run_id,
-                sweep_run_id=sweep_run_id,
-                sweep_name=spec.name,
-                cell_id=cell.cell_id(spec.name),
-                model=cell.model.display_name,
-                model_ref=cell.model.source,
-                engine=final.engine,
-                planned_engine=cell.engine_name,
-                pool=cell.pool.name,
-                gpu_model=cell.pool.gpu_model,
-                gpu_count=cell.pool.tensor_parallel_size,
-                cost_per_gpu_hour=cell.pool.cost_per_gpu_hour,
-                chunk_size=cell.chunk_size,
-                batch_size=spec.load.batch_size,
-                status="cancelled" if cancelled else "failed",
-                reason="cancelled" if cancelled else "unknown",
-                message=(
-                    f"the cell's flow run ended {state} and left no run directory"
-                    if state is not None
-                    else f"the cell could not be dispatched or followed: {error or 'no state'}"
-                ),
-                engine_version=final.engine_version,
-                started_at=now,
-                finished_at=now,
-                preflight=checks,
+        # The runner's own manifest builder, so this record carries every field a measured one
+        # does (host, seed, max_input_tokens, ...), with the host the cell was dispatched to.
+        plan = replace(_plan(spec, cell, sweep_run_id, sweep_run_id), host=host)
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
+        manifest = build_manifest(
+            plan,
+            run_id=run_id,
+            engine=checks[-1].engine,
+            checks=checks,
+            started_at=stamp,
+            finished_at=stamp,
+            status="cancelled" if cancelled else "failed",
+            reason="cancelled" if cancelled else "unknown",
+            message=(
+                f"the cell's flow run ended {state} and left no run directory"
+                if state is not None
+                else f"the cell could not be dispatched or followed: {error or 'no state'}"
             ),
         )
+        write_manifest(run_dir, manifest)
     return run_dir
 
 
@@ -342,7 +332,9 @@ def _distributed(
             return
         for (cell, checks), run_id in zip(group, run_ids, strict=True):
             try:
-                run_dir = _collect(spec, cell, checks, sweep_run_id, run_id, state, error)
+                run_dir = _collect(
+                    spec, cell, checks, sweep_run_id, run_id, state, slot.host, error
+                )
                 manifest = RunManifest.model_validate_json((run_dir / "run.json").read_text())
                 with ingest_lock:
                     _ingest(db, run_dir)
