@@ -34,7 +34,7 @@ from prefect.events import emit_event
 from pydantic import Field
 from rich.progress import Progress
 
-from embedsweep import report, store
+from embedsweep import report, report_sweep, store
 from embedsweep.config import Cell, SweepSpec
 from embedsweep.engines import pidfiles
 from embedsweep.placement import cell_deployment_name
@@ -383,17 +383,9 @@ def _distributed(
 def _regressions(db: Path, sweep_run_id: str, threshold: float) -> list[dict[str, Any]]:
     con = store.open_warehouse(db, read_only=True)
     try:
-        columns, rows = store.query(
-            con,
-            "SELECT cell_id, model, engine, engine_version, pool, chunk_size, concurrency, "
-            "input_tokens_per_s, prev_input_tokens_per_s, tokens_per_s_change, prev_run_id, "
-            "prev_engine_version FROM v_nightly_trend "
-            "WHERE sweep_run_id = ? AND tokens_per_s_change < ? ORDER BY tokens_per_s_change",
-            [sweep_run_id, -threshold],
-        )
+        return report_sweep.regressions(con, sweep_run_id, threshold)
     finally:
         con.close()
-    return [dict(zip(columns, row, strict=True)) for row in rows]
 
 
 def _report_rows(db: Path, sweep_run_id: str) -> list[dict[str, Any]]:
@@ -402,56 +394,6 @@ def _report_rows(db: Path, sweep_run_id: str) -> list[dict[str, Any]]:
         return store.report_rows(con, sweep_run_id=sweep_run_id)
     finally:
         con.close()
-
-
-def _problems_markdown(
-    rows: list[dict[str, Any]], regressions: list[dict[str, Any]], threshold: float
-) -> str:
-    lines = [f"# {report.summary_line(rows)}", ""]
-    mixed = report.precision_note(rows)
-    if mixed:
-        lines += [report.markdown_text(mixed), ""]
-    problems = report.problems(rows)
-    if problems:
-        lines += ["## Cells that did not run or did not finish", ""]
-        lines += ["| model | engine | pool | tokens | status | reason | message |"]
-        lines += ["|---|---|---|---:|---|---|---|"]
-        for row in problems:
-            message = str(row.get("message") or "").splitlines()[0:1]
-            text = (message[0] if message else "").replace("|", "\\|")[:200]
-            lines.append(
-                f"| {row.get('model')} | {row.get('engine')} | {row.get('pool')} | "
-                f"{row.get('chunk_size')} | {row.get('status')} | {row.get('reason') or ''} | "
-                f"{text} |"
-            )
-        lines.append("")
-    else:
-        lines += ["Every cell ran.", ""]
-    unfaithful = [r for r in report.fidelity_runs(rows) if r.get("fidelity") == "failed"]
-    if unfaithful:
-        lines += ["## Fidelity failed: the served vectors are not the model's", ""]
-        lines += ["| model | engine | pool | tokens | min cosine | needs | findings |"]
-        lines += ["|---|---|---|---:|---:|---:|---|"]
-        for row in unfaithful:
-            codes = ", ".join(str(f.get("code")) for f in row.get("fidelity_findings") or [])
-            lines.append(
-                f"| {row.get('model')} | {row.get('engine')} | {row.get('pool')} | "
-                f"{row.get('chunk_size')} | {row.get('fidelity_min_cosine')} | "
-                f"{row.get('fidelity_threshold')} | {codes} |"
-            )
-        lines.append("")
-    if regressions:
-        lines += [f"## Regressions (input tokens/s down more than {threshold:.0%})", ""]
-        lines += ["| model | engine | pool | tokens | concurrency | before | now | change |"]
-        lines += ["|---|---|---|---:|---:|---:|---:|---:|"]
-        for r in regressions:
-            lines.append(
-                f"| {r['model']} | {r['engine']} {r['engine_version'] or ''} | {r['pool']} | "
-                f"{r['chunk_size']} | {r['concurrency']} | {r['prev_input_tokens_per_s']:.0f} | "
-                f"{r['input_tokens_per_s']:.0f} | {r['tokens_per_s_change']:+.1%} |"
-            )
-        lines.append("")
-    return "\n".join(lines)
 
 
 def _emit_regressions(
@@ -523,7 +465,7 @@ def _publish(
         description=f"{spec.name}: one row per cell and load level",
     )
     create_markdown_artifact(
-        _problems_markdown(rows, regressions, threshold),
+        report_sweep.problems_markdown(rows, regressions, threshold),
         key="sweep-problems",
         description=f"{spec.name}: blocked, failed and cancelled cells; regressions",
     )

@@ -188,3 +188,11 @@ WHERE CASE
     ELSE sweep_run_id = CAST(? AS VARCHAR) AND is_latest_in_sweep
 END
 ORDER BY model, engine, pool, chunk_size, batch_size, concurrency NULLS FIRST, run_id;
+
+-- name: sweep_regressions
+SELECT cell_id, model, engine, engine_version, pool, chunk_size, concurrency,
+    input_tokens_per_s, prev_input_tokens_per_s, tokens_per_s_change, prev_run_id,
+    prev_engine_version
+FROM v_nightly_trend
+WHERE sweep_run_id = ? AND tokens_per_s_change < ?
+ORDER BY tokens_per_s_change;
