@@ -14,7 +14,7 @@ import queue
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,10 +34,10 @@ from prefect.events import emit_event
 from pydantic import Field
 from rich.progress import Progress
 
-from embedsweep import report, report_sweep, store
+from embedsweep import placement, report, report_sweep, store
 from embedsweep.config import Cell, SweepSpec
 from embedsweep.engines import pidfiles
-from embedsweep.placement import cell_deployment_name
+from embedsweep.placement import Slot, cell_deployment_name
 from embedsweep.records import PreflightResult, RunManifest
 from embedsweep.runner import (
     CellPlan,
@@ -154,37 +154,6 @@ def _ingest(db: Path, run_dir: Path) -> None:
 # --- distributed mode -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Slot:
-    """Devices of one host that one cell uses at a time (tensor parallelism: several)."""
-
-    pool: str
-    host: str
-    devices: tuple[str, ...]
-
-
-def _slots(spec: SweepSpec, pools: set[str]) -> list[_Slot]:
-    out: list[_Slot] = []
-    for pool in spec.pools:
-        if pool.name not in pools:
-            continue
-        if not pool.hosts:
-            raise ValueError(
-                f"pool {pool.name!r} lists no hosts: distributed mode needs pools[].hosts "
-                "(one per work queue of the work pool)"
-            )
-        size = pool.tensor_parallel_size
-        for host in pool.hosts:
-            if "auto" in host.devices:
-                raise ValueError(
-                    f"pool {pool.name!r} host {host.name!r}: list its device ids; 'auto' is "
-                    "for local mode (each device gets a concurrency limit by its id)"
-                )
-            for start in range(0, len(host.devices) - size + 1, size):
-                out.append(_Slot(pool.name, host.name, tuple(host.devices[start : start + size])))
-    return out
-
-
 def _sweep_tag(sweep_run_id: str) -> str:
     """Tag of every cell flow run a distributed sweep starts (its hooks find them by it)."""
     return f"embedsweep-sweep-{sweep_run_id}"
@@ -193,7 +162,7 @@ def _sweep_tag(sweep_run_id: str) -> str:
 def _run_remote(
     spec: SweepSpec,
     cells: list[Cell],
-    slot: _Slot,
+    slot: Slot,
     sweep_run_id: str,
     run_ids: list[str],
     stop: threading.Event,
@@ -306,7 +275,7 @@ def _distributed(
     size of one model on one engine, run by one cell flow with one server start); each cell flow
     also holds its devices' strict global concurrency limits, so other sweeps never share them."""
     logger = get_run_logger()
-    slots = _slots(spec, {cell.pool.name for cell, _ in work})
+    slots = placement.slots(spec, {cell.pool.name for cell, _ in work})
     Group = list[tuple[Cell, list[PreflightResult]]]
     queues: dict[str, queue.Queue[Group]] = {}
     keyed = [(_plan(spec, cell, sweep_run_id, sweep_run_id), checks) for cell, checks in work]
@@ -316,7 +285,7 @@ def _distributed(
     ingest_lock = threading.Lock()
     stop = threading.Event()
 
-    def one_group(slot: _Slot, group: Group) -> None:
+    def one_group(slot: Slot, group: Group) -> None:
         cells = [cell for cell, _ in group]
         run_ids = [uuid.uuid4().hex for _ in group]
         label = cells[0].label if len(cells) == 1 else f"{cells[0].label} (+{len(cells) - 1})"
@@ -349,7 +318,7 @@ def _distributed(
             tracker.cell_done()
             logger.info("%s on %s: %s %s", cell.label, slot.host, manifest.status, manifest.reason)
 
-    def slot_loop(slot: _Slot) -> None:
+    def slot_loop(slot: Slot) -> None:
         pending = queues[slot.pool]
         while not stop.is_set():
             try:
@@ -549,7 +518,7 @@ def sweep(
     cells = spec.cells()
     if mode == "distributed":
         # Refuse a sweep that cannot be placed before anything is recorded or started.
-        _slots(spec, {cell.pool.name for cell in cells})
+        placement.slots(spec, {cell.pool.name for cell in cells})
     sweep_run_id = _flow_run_id() or uuid.uuid4().hex
     stale = pidfiles.reap()
     if stale:

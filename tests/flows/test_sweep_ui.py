@@ -16,6 +16,7 @@ from prefect.events.worker import EventsWorker
 from prefect.testing.fixtures import asserting_and_emitting_events_worker
 
 from embedsweep.config import parse_sweep
+from embedsweep.errors import ConfigError
 from flows.sweep import REGRESSION_EVENT, sweep
 
 pytestmark = pytest.mark.flows
@@ -106,7 +107,7 @@ def test_distributed_without_hosts_refused_before_anything_runs(tmp_path: Path) 
     """A distributed sweep whose pool lists no hosts cannot be placed: the flow fails at once with
     a message that says what to add, and writes neither a warehouse nor a run directory."""
     spec = _spec(tmp_path)
-    with pytest.raises(ValueError, match=r"pool 'cpu' lists no hosts: distributed mode needs"):
+    with pytest.raises(ConfigError, match=r"pool 'cpu' lists no hosts: distributed mode needs"):
         sweep(spec, mode="distributed")
     assert not (tmp_path / "w.duckdb").exists()
     assert not (tmp_path / "runs").exists()
