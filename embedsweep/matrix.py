@@ -24,8 +24,13 @@ class MatrixRow:
     meta: ModelMeta | None
 
     @property
+    def final(self) -> PreflightResult:
+        """The preflight result that decides (the fallback's, when the cell was rerouted)."""
+        return self.checks[-1]
+
+    @property
     def outcome(self) -> Outcome:
-        if self.checks[-1].verdict == "blocked":
+        if self.final.verdict == "blocked":
             return "blocked"
         return "rerouted" if len(self.checks) > 1 else "ok"
 
@@ -38,11 +43,11 @@ class MatrixRow:
         """Blocking codes first (of the engine asked for), then warnings."""
         first = self.checks[0]
         blocking = [r.code for r in first.reasons if r.severity == "block"]
-        warnings = [r.code for r in self.checks[-1].reasons if r.severity == "warn"]
+        warnings = [r.code for r in self.final.reasons if r.severity == "warn"]
         return blocking + [w for w in warnings if w not in blocking]
 
     def as_dict(self) -> dict[str, Any]:
-        final = self.checks[-1]
+        final = self.final
         return {
             "model": self.cell.model.display_name,
             "engine": self.cell.engine,

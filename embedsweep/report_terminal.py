@@ -30,7 +30,7 @@ def print_matrix(rows: Sequence[MatrixRow]) -> None:
     styles = {"ok": "green", "rerouted": "yellow", "blocked": "red"}
     for row in rows:
         outcome = row.outcome
-        label = f"→ {row.checks[-1].engine}" if outcome == "rerouted" else outcome
+        label = f"→ {row.final.engine}" if outcome == "rerouted" else outcome
         table.add_row(
             row.cell.model.display_name,
             row.cell.engine,

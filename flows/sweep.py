@@ -41,6 +41,7 @@ from embedsweep.placement import Slot, cell_deployment_name
 from embedsweep.records import PreflightResult, RunManifest
 from embedsweep.runner import (
     CellPlan,
+    Preflighted,
     build_manifest,
     finalize_run,
     finalize_unfinished,
@@ -529,8 +530,8 @@ def sweep(
 
     checked = [preflight_task(cell, spec.fallback_engine) for cell in cells]
     runnable = [
-        (cell, checks) for cell, (checks, _) in zip(cells, checked, strict=True)
-        if checks[-1].verdict == "ok"
+        (cell, check.checks) for cell, check in zip(cells, checked, strict=True)
+        if check.final.verdict == "ok"
     ]  # fmt: skip
     logger.info(
         "sweep %s (%s): %d cells, %d runnable, %d blocked by preflight",
@@ -545,15 +546,15 @@ def sweep(
     with sweep_bar(show_progress) as bar:
         tracker = _Tracker(len(cells), total_levels, bar)
         remote = []
-        here: list[tuple[CellPlan, tuple[list[PreflightResult], Any]]] = []
+        here: list[tuple[CellPlan, Preflighted]] = []
         for cell, check in zip(cells, checked, strict=True):
-            if mode == "distributed" and check[0][-1].verdict == "ok":
-                remote.append((cell, check[0]))
+            if mode == "distributed" and check.final.verdict == "ok":
+                remote.append((cell, check.checks))
                 continue
             # Blocked cells are recorded here in either mode; local cells run here.
             here.append((_plan(spec, cell, sweep_run_id, sweep_run_id), check))
         # One server per (model, engine, pool): every chunk size of it runs on that server.
-        for group in group_cells([(plan, check[0]) for plan, check in here]):
+        for group in group_cells([(plan, check.checks) for plan, check in here]):
             plans = [here[i][0] for i in group]
             manifests = run_group_task(plans, [here[i][1] for i in group], progress=tracker.advance)
             for plan, manifest in zip(plans, manifests, strict=True):

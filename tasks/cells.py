@@ -18,9 +18,8 @@ from prefect.tasks import exponential_backoff
 from embedsweep import store
 from embedsweep.config import Cell
 from embedsweep.errors import ServerError
-from embedsweep.hub import ModelMeta
-from embedsweep.records import PreflightResult, RunManifest
-from embedsweep.runner import CellPlan, Progress, preflight_cell, run_cell, run_group
+from embedsweep.records import RunManifest
+from embedsweep.runner import CellPlan, Preflighted, Progress, preflight_cell, run_cell, run_group
 
 __all__ = ["ingest_run_task", "preflight_task", "run_cell_task", "run_group_task"]
 
@@ -42,9 +41,7 @@ def _transient_only(task: Any, task_run: Any, state: Any) -> bool:
     cache_policy=NO_CACHE,
     task_run_name="preflight {cell.engine}/{cell.chunk_size}",
 )
-def preflight_task(
-    cell: Cell, fallback_engine: str | None
-) -> tuple[list[PreflightResult], ModelMeta | None]:
+def preflight_task(cell: Cell, fallback_engine: str | None) -> Preflighted:
     return preflight_cell(cell, fallback_engine=fallback_engine)
 
 
@@ -61,7 +58,7 @@ _RETRY_TRANSIENT: dict[str, Any] = {
 @task(name="run-cell", **_RETRY_TRANSIENT)
 def run_cell_task(
     plan: CellPlan,
-    checked: tuple[list[PreflightResult], ModelMeta | None],
+    checked: Preflighted,
     progress: Progress | None = None,
     run_id: str | None = None,
 ) -> RunManifest:
@@ -81,7 +78,7 @@ def run_cell_task(
 )
 def run_group_task(
     plans: list[CellPlan],
-    checked: list[tuple[list[PreflightResult], ModelMeta | None]],
+    checked: list[Preflighted],
     progress: Progress | None = None,
     run_ids: list[str] | None = None,
 ) -> list[RunManifest]:

@@ -22,11 +22,12 @@ from embedsweep.runner.group import group_cells, run_cell, run_group, server_key
 from embedsweep.runner.levels import level_failure
 from embedsweep.runner.manifest import build_manifest, write_manifest
 from embedsweep.runner.plan import CellPlan, Progress
-from embedsweep.runner.preflight import engine_command, preflight_cell
+from embedsweep.runner.preflight import Preflighted, engine_command, preflight_cell
 from embedsweep.runner.run_folder import finalize_run, finalize_unfinished
 
 __all__ = [
     "CellPlan",
+    "Preflighted",
     "Progress",
     "build_manifest",
     "engine_command",

@@ -59,7 +59,7 @@ def _probe_dtype(
     dtype = (info or {}).get("dtype") or fidelity.logged_dtype(server.log_path)
     if not isinstance(dtype, str):
         dtype = fidelity.served_dtype(
-            item.checks[-1].engine, launch.dtype, launch.devices != ("cpu",), meta.stored_dtype
+            item.final.engine, launch.dtype, launch.devices != ("cpu",), meta.stored_dtype
         )
     return dtype
 

@@ -22,7 +22,6 @@ from embedsweep import precision
 from embedsweep.engines import Launch, server_for
 from embedsweep.engines.process import ServerProcess
 from embedsweep.errors import EmbedsweepError, ServerError
-from embedsweep.hub import ModelMeta
 from embedsweep.records import PreflightResult, RunManifest
 from embedsweep.runner.launch import (
     build_launch,
@@ -33,7 +32,7 @@ from embedsweep.runner.launch import (
 from embedsweep.runner.levels import run_levels
 from embedsweep.runner.manifest import Item, Measured, write_manifest
 from embedsweep.runner.plan import CellPlan, Progress, now
-from embedsweep.runner.preflight import preflight_cell, served_engine
+from embedsweep.runner.preflight import Preflighted, preflight_cell, served_engine
 from embedsweep.runner.run_folder import CANCELLED_MESSAGE, discard_pending, remove_attempt
 
 _log = logging.getLogger(__name__)
@@ -98,7 +97,7 @@ def _measure_group(
     first = items[0]
     plan, cell = first.plan, first.plan.cell
     assert first.meta is not None
-    final = first.checks[-1]
+    final = first.final
     # A server whose owner died without stopping it may still hold a device whose lock died
     # with that owner: stop such orphans before taking a device.
     pidfiles.reap()
@@ -280,7 +279,7 @@ def _run_runnable(items: list[Item], progress: Progress | None, raise_transient:
 def run_group(
     plans: Sequence[CellPlan],
     *,
-    checked: Sequence[tuple[list[PreflightResult], ModelMeta | None] | None] | None = None,
+    checked: Sequence[Preflighted | None] | None = None,
     progress: Progress | None = None,
     raise_transient: bool = False,
     run_ids: Sequence[str | None] | None = None,
@@ -306,7 +305,7 @@ def run_group(
         items.append(Item(plan, checks, meta, run_id, now()))
     runnable = []
     for item in items:
-        final = item.checks[-1]
+        final = item.final
         if final.verdict == "blocked" or item.meta is None:
             blocking = final.blocking or item.checks[0].blocking
             item.result = item.manifest(
@@ -317,7 +316,7 @@ def run_group(
             write_manifest(item.run_dir, item.result)
         else:
             runnable.append(item)
-    if len({server_key(item.plan, item.checks[-1]) for item in runnable}) > 1:
+    if len({server_key(item.plan, item.final) for item in runnable}) > 1:
         raise ValueError("run_group: these cells need different servers (see group_cells)")
     if runnable:
         _run_runnable(runnable, progress, raise_transient)
@@ -329,7 +328,7 @@ def run_group(
 def run_cell(
     plan: CellPlan,
     *,
-    checked: tuple[list[PreflightResult], ModelMeta | None] | None = None,
+    checked: Preflighted | None = None,
     progress: Progress | None = None,
     raise_transient: bool = False,
     run_id: str | None = None,

@@ -112,7 +112,7 @@ def run_levels(
     assert item.meta is not None
     from embedsweep.engines import usage_counting
 
-    out.usage_counting, out.usage_trusted = usage_counting(item.checks[-1].engine)
+    out.usage_counting, out.usage_trusted = usage_counting(item.final.engine)
     payloads, expected, texts = calibrated_payloads(
         item.meta, plan, cell.model.display_name, out.usage_counting
     )
@@ -181,7 +181,7 @@ def _after_levels(
     check."""
     cell, load = item.plan.cell, item.plan.load
     info = None
-    if item.checks[-1].engine == "hf":
+    if item.final.engine == "hf":
         from embedsweep.harness import server_info
 
         info = server_info(server.url)
@@ -189,7 +189,7 @@ def _after_levels(
         if progress:
             progress(0, f"{cell.label}: fidelity probe")
         out.fidelity = fidelity_check(item, server, launch, texts, info)
-    if item.checks[-1].engine == "hf" and out.levels:
+    if item.final.engine == "hf" and out.levels:
         if progress:
             progress(0, f"{cell.label}: direct encode (harness check)")
         out.harness = harness_check(item, out.levels[-1], texts, info)

@@ -125,11 +125,16 @@ class Item:
     def run_dir(self) -> Path:
         return self.plan.artifacts / self.plan.sweep_run_id / self.run_id
 
+    @property
+    def final(self) -> PreflightResult:
+        """The preflight result that decides (the fallback's, when the cell was rerouted)."""
+        return self.checks[-1]
+
     def manifest(self, status: str, **fields: object) -> RunManifest:
         return build_manifest(
             self.plan,
             run_id=self.run_id,
-            engine=self.checks[-1].engine,
+            engine=self.final.engine,
             checks=self.checks,
             started_at=self.started_at,
             status=status,

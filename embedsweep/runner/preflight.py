@@ -4,6 +4,7 @@ engine (:func:`engine_command`, :func:`served_engine`)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from embedsweep import precision
 from embedsweep.config import Cell, EngineCommand, PoolSpec, split_engine
@@ -84,9 +85,23 @@ def _live(engine: str, python: str) -> LiveArchitectures | None:
         return None
 
 
+class Preflighted(NamedTuple):
+    """A cell's preflight: one result per engine checked (the sweep's, then the fallback it
+    routes to) and the model's metadata (None when it could not be resolved). A named tuple,
+    so ``checks, meta = preflight_cell(cell)`` reads as before."""
+
+    checks: list[PreflightResult]
+    meta: ModelMeta | None
+
+    @property
+    def final(self) -> PreflightResult:
+        """The result that decides: ok → run on its engine; blocked → the cell is blocked."""
+        return self.checks[-1]
+
+
 def preflight_cell(
     cell: Cell, *, fallback_engine: str | None = None, metadata_dir: Path | None = None
-) -> tuple[list[PreflightResult], ModelMeta | None]:
+) -> Preflighted:
     """Preflight the cell's engine and, when it routes there, the fallback engine.
 
     The last result decides: ok → run on its engine; blocked → the cell is blocked.
@@ -95,7 +110,7 @@ def preflight_cell(
     try:
         meta = resolve_model(cell.model.source, cell.model.revision, metadata_dir=metadata_dir)
     except ModelError as exc:
-        return [_unresolvable(cell, cell.engine, exc)], None
+        return Preflighted([_unresolvable(cell, cell.engine, exc)], None)
 
     def check(ref: str, fallback: str | None) -> PreflightResult:
         name = split_engine(ref)[0]
@@ -121,8 +136,8 @@ def preflight_cell(
 
     first = check(cell.engine, fallback_engine)
     if first.fallback_engine is None:
-        return [first], meta
-    return [first, check(first.fallback_engine, None)], meta
+        return Preflighted([first], meta)
+    return Preflighted([first, check(first.fallback_engine, None)], meta)
 
 
 def served_engine(cell: Cell, final: PreflightResult) -> str:

@@ -9,6 +9,7 @@ import pytest
 
 from embedsweep.config import load_sweep
 from embedsweep.matrix import preflight_sweep
+from embedsweep.runner import preflight_cell
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +30,16 @@ def test_seed_sweep_matrix_offline(fixture_models: Path) -> None:
     assert by_model["Qwen3-Embedding-8B"] == Counter({"ok": 16})
     nv = next(r for r in rows if r.cell.model.display_name == "NV-Embed-v2")
     assert nv.codes == ["unsupported_architecture", "non_commercial_license"]
-    assert nv.checks[-1].engine == "hf"
+    assert nv.final.engine == "hf"
+    # The runner's answer for that cell: both engines' results, the fallback's deciding.
+    answer = preflight_cell(
+        nv.cell, fallback_engine=spec.fallback_engine, metadata_dir=fixture_models
+    )
+    checks, meta = answer
+    assert [c.engine for c in checks] == [nv.cell.engine_name, "hf"]
+    assert answer.final is checks[-1]
+    assert answer.final.verdict == "ok"
+    assert meta is not None
     e5 = next(
         r for r in rows if r.cell.model.display_name == "e5-base-v2" and r.cell.chunk_size == 2048
     )
