@@ -23,12 +23,13 @@ from embedsweep.runner.levels import level_failure
 from embedsweep.runner.manifest import build_manifest, write_manifest
 from embedsweep.runner.plan import CellPlan, Progress
 from embedsweep.runner.preflight import Preflighted, engine_command, preflight_cell
-from embedsweep.runner.run_folder import finalize_run, finalize_unfinished
+from embedsweep.runner.run_folder import RunFolder, finalize_run, finalize_unfinished
 
 __all__ = [
     "CellPlan",
     "Preflighted",
     "Progress",
+    "RunFolder",
     "build_manifest",
     "engine_command",
     "finalize_run",

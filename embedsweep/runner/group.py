@@ -30,10 +30,10 @@ from embedsweep.runner.launch import (
     server_port_released,
 )
 from embedsweep.runner.levels import run_levels
-from embedsweep.runner.manifest import Item, Measured, write_manifest
+from embedsweep.runner.manifest import Item, Measured
 from embedsweep.runner.plan import CellPlan, Progress, now
 from embedsweep.runner.preflight import Preflighted, preflight_cell, served_engine
-from embedsweep.runner.run_folder import CANCELLED_MESSAGE, discard_pending, remove_attempt
+from embedsweep.runner.run_folder import CANCELLED_MESSAGE
 
 _log = logging.getLogger(__name__)
 
@@ -174,8 +174,7 @@ def _measure_on(
         # Written now while the server serves on; the last cell, and every cell
         # from a death on, after the stop, with whether the port was released.
         if died is None and item is not items[-1]:
-            write_manifest(item.run_dir, item.result)
-            discard_pending(item.run_dir)
+            item.folder.commit(item.result)
 
 
 def _measure_item(
@@ -215,14 +214,9 @@ def _finish(items: list[Item], outs: list[Measured], code: str, message: str) ->
             item.result = item.manifest("failed", reason=code, message=message, **out.fields())
 
 
-def _written(item: Item) -> bool:
-    return (item.run_dir / "run.json").exists()
-
-
 def _run_runnable(items: list[Item], progress: Progress | None, raise_transient: bool) -> None:
     for item in items:
-        pending = item.manifest("cancelled", reason="cancelled", message=CANCELLED_MESSAGE)
-        write_manifest(item.run_dir, pending, name="pending.json")
+        item.folder.begin(item.manifest("cancelled", reason="cancelled", message=CANCELLED_MESSAGE))
     outs = [Measured(levels=[]) for _ in items]
     state = GroupServer()
     try:
@@ -233,8 +227,7 @@ def _run_runnable(items: list[Item], progress: Progress | None, raise_transient:
             # error (its last lines), which the retry logs; the directory goes, or a sweep with
             # three attempts would leave two folders holding only a log.
             for item in items:
-                discard_pending(item.run_dir)
-                remove_attempt(item.run_dir)
+                item.folder.discard_attempt()
             raise
         _finish(items, outs, exc.code, exc.message)
     except EmbedsweepError as exc:
@@ -246,13 +239,14 @@ def _run_runnable(items: list[Item], progress: Progress | None, raise_transient:
         # Interrupted (Ctrl-C, SIGTERM, Prefect's cancellation): record what did not finish,
         # then let it go on.
         for item, out in zip(items, outs, strict=True):
-            if not _written(item):
-                # A cell that finished before the interrupt keeps its result.
-                cancelled = item.result or item.manifest(
-                    "cancelled", reason="cancelled", message=CANCELLED_MESSAGE, **out.fields()
-                )
-                write_manifest(item.run_dir, cancelled)
-            discard_pending(item.run_dir)
+            if item.folder.committed:
+                item.folder.discard_pending()
+                continue
+            # A cell that finished before the interrupt keeps its result.
+            cancelled = item.result or item.manifest(
+                "cancelled", reason="cancelled", message=CANCELLED_MESSAGE, **out.fields()
+            )
+            item.folder.commit(cancelled)
         raise
     # The server is stopped by now: did it give back its port and the devices' memory?
     try:
@@ -262,18 +256,16 @@ def _run_runnable(items: list[Item], progress: Progress | None, raise_transient:
     except BaseException:
         # Interrupted while checking: every cell has its result; keep them without the checks.
         for item in items:
-            if not _written(item) and item.result is not None:
-                write_manifest(item.run_dir, item.result)
-                discard_pending(item.run_dir)
+            if not item.folder.committed and item.result is not None:
+                item.folder.commit(item.result)
         raise
     for item in items:
-        if _written(item):
+        if item.folder.committed:
             continue
         assert item.result is not None
         update: dict[str, object] = {"port_released": released, "gpu_memory_released": freed}
         item.result = item.result.model_copy(update=update)
-        write_manifest(item.run_dir, item.result)
-        discard_pending(item.run_dir)
+        item.folder.commit(item.result)
 
 
 def run_group(
@@ -313,7 +305,7 @@ def run_group(
                 reason=blocking[0].code if blocking else "unknown",
                 message="; ".join(r.message for r in blocking) or None,
             )
-            write_manifest(item.run_dir, item.result)
+            item.folder.commit(item.result)
         else:
             runnable.append(item)
     if len({server_key(item.plan, item.final) for item in runnable}) > 1:

@@ -8,6 +8,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedsweep.hub import ModelMeta
 from embedsweep.records import (
@@ -18,6 +19,9 @@ from embedsweep.records import (
     RunManifest,
 )
 from embedsweep.runner.plan import CellPlan, now
+
+if TYPE_CHECKING:
+    from embedsweep.runner.run_folder import RunFolder
 
 
 def write_manifest(run_dir: Path, manifest: RunManifest, *, name: str = "run.json") -> Path:
@@ -124,6 +128,13 @@ class Item:
     @property
     def run_dir(self) -> Path:
         return self.plan.artifacts / self.plan.sweep_run_id / self.run_id
+
+    @property
+    def folder(self) -> RunFolder:
+        """The run's directory and its file rules (run_folder imports this module)."""
+        from embedsweep.runner.run_folder import RunFolder
+
+        return RunFolder(self.run_dir)
 
     @property
     def final(self) -> PreflightResult:
