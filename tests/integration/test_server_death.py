@@ -163,7 +163,7 @@ def _inputs_served(port: int) -> int:
 
 @pytest.mark.usefixtures("shared_prefect")
 def test_a_sweep_whose_server_dies_keeps_the_measured_part_and_goes_on(
-    tmp_path: Path, minilm_dir: Path, own_state: Any
+    tmp_path: Path, minilm_dir: Path
 ) -> None:
     spec = {
         "name": "server-death",
@@ -185,7 +185,7 @@ def test_a_sweep_whose_server_dies_keeps_the_measured_part_and_goes_on(
     }
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump(spec))
-    env = {**os.environ, "EMBEDSWEEP_STATE_DIR": own_state(tmp_path / "state")}
+    env = {**os.environ, "EMBEDSWEEP_STATE_DIR": str(tmp_path / "state")}
     run = subprocess.Popen(
         [EMBEDSWEEP, "run", str(sweep), "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
