@@ -29,30 +29,43 @@ def engine_command(pool: PoolSpec, ref: str) -> EngineCommand | None:
 
     The pool's own entry for ``ref`` wins; a pinned version without one is looked up among the
     engines installed with ``embedsweep engine install``; an unpinned name uses the pool's entry
-    for the bare name (None: the engine's default command, e.g. ``vllm`` on the PATH).
+    for the bare name (None: the engine's default command, e.g. ``vllm`` on the PATH). An entry
+    for a pinned version that names no command (only ``args`` or ``env``, e.g. ``--enforce-eager``)
+    starts the installed engine with them.
     """
     name, pin = split_engine(ref)
     if ref in pool.engines:
         command = pool.engines[ref]
+        installed = _installed(name, pin) if pin and not command.command else None
+        if installed is not None:
+            return installed.model_copy(update={"args": command.args, "env": command.env})
         return (
             command if command.version or not pin else command.model_copy(update={"version": pin})
         )
     if pin is None:
         return pool.engines.get(name)
-    from embedsweep import engine_envs
-
-    installed = engine_envs.lookup(name, pin)
+    installed = _installed(name, pin)
     if installed is not None:
-        return EngineCommand(
-            command=list(installed.command),
-            version=pin,
-            python=str(installed.python),
-            build="cpu" if installed.build == "cpu" else None,
-        )
+        return installed
     bare = pool.engines.get(name)
     if bare is not None and bare.version == pin:
         return bare
     return None
+
+
+def _installed(name: str, pin: str) -> EngineCommand | None:
+    """How to start ``name@pin`` installed with ``embedsweep engine install``, or None."""
+    from embedsweep import engine_envs
+
+    installed = engine_envs.lookup(name, pin)
+    if installed is None:
+        return None
+    return EngineCommand(
+        command=list(installed.command),
+        version=pin,
+        python=str(installed.python),
+        build="cpu" if installed.build == "cpu" else None,
+    )
 
 
 def _engine_version(cell: Cell, ref: str) -> str | None:

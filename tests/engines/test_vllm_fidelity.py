@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from vllm_support import VLLM_VERSION
+from vllm_support import EAGER, VLLM_VERSION
 
 from embedsweep.engine_envs import InstalledEngine
 
@@ -58,7 +58,7 @@ def swept(
                         "command": list(vllm_cpu.command),
                         "version": VLLM_VERSION,
                         "build": "cpu",
-                        "args": ["--pooler-config", CLS_POOLER],
+                        "args": ["--pooler-config", CLS_POOLER, EAGER],
                     }
                 },
             }
