@@ -1,14 +1,15 @@
-// Attention for long inputs on an x86 CPU with AVX-512 BF16: bfloat16 q, k, v, float32 scores.
+// Attention for long inputs on an x86 CPU with AVX-512: bfloat16 q, k, v in, float32 arithmetic.
 //
 // Each query row's valid keys are one contiguous range: the row's sequence occupies positions
 // [start, end) of the padded batch (left or right padding), and a causal row i sees
 // [start, min(i + 1, end)). So no (rows x keys) mask is ever built, and a causal row skips the
-// keys after it. Per (batch, KV head) the keys are packed once as bfloat16 pairs along the head
-// dimension and the values as pairs of keys, the layouts _mm512_dpbf16_ps multiplies: 16 keys'
-// scores per instruction pair, and 16 output dimensions per key pair. Softmax runs over the whole
-// row at once (its scores fit in L2: 32 KiB at 8,192 keys), exp2 by a degree-6 polynomial and
-// scalef, probabilities rounded to bfloat16 for the value product, as torch's own flash kernel
-// rounds them. Rows outside their sequence get zeros.
+// keys after it. Per (batch, KV head) the keys are unpacked once to float32 along the head
+// dimension (16 keys per vector: a query element times 16 keys' scores per FMA) and the values
+// to float32 rows (16 output dimensions per FMA). float32 FMAs, not vdpbf16ps: on the CPUs
+// measured (Sapphire Rapids class), vdpbf16ps issues ~0.6 a cycle against ~2.3 for a 512-bit
+// float32 FMA, so two FMAs beat one bf16 dot pair by ~2x (benchmarks/bench_attention_kernel.py
+// prints both). Softmax runs per block of keys with the online rescale, exp2 by a degree-6
+// polynomial and scalef; probabilities stay float32. Rows outside their sequence get zeros.
 //
 // Built at first use by embedsweep.hfserver.attention (torch.utils.cpp_extension) and run on
 // torch's own OpenMP threads (at::parallel_for).
@@ -50,9 +51,15 @@ inline __mmask16 first_lanes(int64_t n) {
 // q: [B, H, N, D]; k, v: [B, Hk, N, D] (bfloat16, contiguous); ranges: [B, 2] int32 (start, end)
 // of each sequence. Returns [B, N, H, D] bfloat16, the layout transformers reshapes to [B, N, H*D].
 template <int64_t C>
-void rows(const uint16_t* qd, const uint32_t* kp, const uint32_t* vp, const int32_t* rd,
-          uint16_t* od, int64_t B, int64_t H, int64_t Hk, int64_t N, int64_t D, bool causal,
-          float scale2);
+void rows(const uint16_t* qd, const float* kp, const float* vp, const int32_t* rd, uint16_t* od,
+          int64_t B, int64_t H, int64_t Hk, int64_t N, int64_t D, bool causal, float scale2);
+
+inline float widen(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float out;
+  std::memcpy(&out, &wide, sizeof(out));
+  return out;
+}
 
 torch::Tensor attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor ranges,
                         bool causal, double scale) {
@@ -67,25 +74,26 @@ torch::Tensor attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch
   const int64_t Hk = k.size(1);
   TORCH_CHECK(D % 16 == 0 && D <= 512, "head size must be a multiple of 16, at most 512");
   TORCH_CHECK(H % Hk == 0 && k.size(2) == N && v.size(2) == N, "shapes do not match");
-  const int64_t pairs = D / 2, chunks = D / 16;
-  // Keys padded by 32 (two vectors past the last), values by one key (whole pairs).
-  const int64_t Nk = N + 32, Nv = (N + 1) / 2;
-  std::vector<uint32_t> kp(static_cast<size_t>(B * Hk * pairs * Nk), 0u);
-  std::vector<uint32_t> vp(static_cast<size_t>(B * Hk * Nv * D), 0u);
+  const int64_t chunks = D / 16;
+  // Keys transposed ([D][N + 32]: two vectors past the last key), values as rows ([N][D]).
+  const int64_t Nk = N + 32;
+  std::vector<float> kp(static_cast<size_t>(B * Hk * D * Nk), 0.0f);
+  std::vector<float> vp(static_cast<size_t>(B * Hk * N * D));
   const uint16_t* kd = reinterpret_cast<const uint16_t*>(k.data_ptr<at::BFloat16>());
   const uint16_t* vd = reinterpret_cast<const uint16_t*>(v.data_ptr<at::BFloat16>());
   at::parallel_for(0, B * Hk, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) {
       const uint16_t* ks = kd + bh * N * D;
       const uint16_t* vs = vd + bh * N * D;
-      uint32_t* kt = kp.data() + bh * pairs * Nk;
-      uint32_t* vt = vp.data() + bh * Nv * D;
+      float* kt = kp.data() + bh * D * Nk;
+      float* vt = vp.data() + bh * N * D;
       for (int64_t j = 0; j < N; ++j) {
-        const uint32_t* row = reinterpret_cast<const uint32_t*>(ks + j * D);
-        for (int64_t p = 0; p < pairs; ++p) kt[p * Nk + j] = row[p];
-        const uint16_t* vrow = vs + j * D;
-        uint16_t* pair = reinterpret_cast<uint16_t*>(vt + (j / 2) * D);
-        for (int64_t d = 0; d < D; ++d) pair[d * 2 + (j & 1)] = vrow[d];
+        for (int64_t d = 0; d < D; ++d) kt[d * Nk + j] = widen(ks[j * D + d]);
+      }
+      for (int64_t x = 0; x < N * D; x += 16) {
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vs + x));
+        const __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16);
+        _mm512_storeu_ps(vt + x, _mm512_castsi512_ps(wide));
       }
     }
   });
@@ -94,8 +102,8 @@ torch::Tensor attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch
   uint16_t* od = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
   const int32_t* rd = range.data_ptr<int32_t>();
   const float scale2 = static_cast<float>(scale) * 1.4426950408889634f;  // log2(e)
-  const uint32_t* kpd = kp.data();
-  const uint32_t* vpd = vp.data();
+  const float* kpd = kp.data();
+  const float* vpd = vp.data();
   switch (chunks) {
 #define EMBEDSWEEP_ROWS(n) \
   case n:                  \
@@ -124,31 +132,67 @@ inline __mmask16 key_lanes(int64_t j, int64_t lo, int64_t hi) {
   return lanes;
 }
 
+template <int64_t R, int64_t C>
+inline void weigh(const float* probs, int64_t stride, const float* values, int64_t D, int64_t keys,
+                  float* const held[R], const float alpha[R], int64_t n) {
+  // HELD[r] (row r's output so far) = HELD[r] * ALPHA[r] + sum over KEYS of p_rj * v_j, for the
+  // first N rows. C > 0: the R x C accumulators are a local array, so they stay in registers
+  // (through a pointer the compiler stored and reloaded them at every key: a store-forwarding
+  // chain that halved the kernel's speed); C == 0 (any head size, R == 1) loops over chunks.
+  if constexpr (C == 0) {
+    for (int64_t c = 0; c < D / 16; ++c) {
+      __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(held[0] + c * 16), _mm512_set1_ps(alpha[0]));
+      for (int64_t j = 0; j < keys; ++j) {
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(values + j * D + c * 16),
+                              _mm512_set1_ps(probs[j]), acc);
+      }
+      if (n > 0) _mm512_storeu_ps(held[0] + c * 16, acc);
+    }
+  } else {
+    __m512 acc[R * C];
+    for (int64_t r = 0; r < R; ++r) {
+      const __m512 scale = _mm512_set1_ps(alpha[r]);
+      for (int64_t c = 0; c < C; ++c) {
+        acc[r * C + c] = _mm512_mul_ps(_mm512_loadu_ps(held[r] + c * 16), scale);
+      }
+    }
+    for (int64_t j = 0; j < keys; ++j) {
+      __m512 weights[R];
+      for (int64_t r = 0; r < R; ++r) weights[r] = _mm512_set1_ps(probs[r * stride + j]);
+      for (int64_t c = 0; c < C; ++c) {
+        const __m512 v = _mm512_loadu_ps(values + j * D + c * 16);
+        for (int64_t r = 0; r < R; ++r) acc[r * C + c] = _mm512_fmadd_ps(v, weights[r], acc[r * C + c]);
+      }
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t c = 0; c < C; ++c) _mm512_storeu_ps(held[r] + c * 16, acc[r * C + c]);
+    }
+  }
+}
+
 template <int64_t C>
-void rows(const uint16_t* qd, const uint32_t* kp, const uint32_t* vp, const int32_t* rd,
-          uint16_t* od, int64_t B, int64_t H, int64_t Hk, int64_t N, int64_t D, bool causal,
-          float scale2) {
+void rows(const uint16_t* qd, const float* kp, const float* vp, const int32_t* rd, uint16_t* od,
+          int64_t B, int64_t H, int64_t Hk, int64_t N, int64_t D, bool causal, float scale2) {
   // C: output vectors of 16 dimensions (D / 16), fixed for the common sizes so the
   // accumulators stay in registers; 0: any size. A task is QB query rows of one head; it walks
   // the keys in blocks of KB (keys and values of a block stay in L1 while every row of the task
-  // uses them), R rows at a time (each load of keys or values serves R rows), with the
-  // online softmax: a row's running maximum, sum and output are rescaled when the maximum grows.
-  constexpr int64_t R = C == 0 ? 1 : (C <= 4 ? 4 : (C <= 8 ? 2 : 1));
+  // uses them), R rows at a time (each load of keys or values serves R rows; R x C
+  // accumulators, at least 8 independent FMA chains where the registers allow), with the online
+  // softmax: a row's running maximum, sum and output are rescaled when the maximum grows.
+  constexpr int64_t R = C == 0 ? 1 : (C == 1 ? 8 : (C <= 4 ? 4 : (C <= 8 ? 2 : 1)));
   constexpr int64_t QB = 32;
-  const int64_t pairs = D / 2, chunks = C == 0 ? D / 16 : C;
-  const int64_t Nk = N + 32, Nv = (N + 1) / 2;
-  const int64_t KB = std::max<int64_t>(32, (8192 / D) / 32 * 32);
+  const int64_t chunks = D / 16;
+  const int64_t Nk = N + 32;
+  const int64_t KB = std::max<int64_t>(32, (4096 / D) / 32 * 32);
   const int64_t group = H / Hk;
   const int64_t blocks = (N + QB - 1) / QB;
   at::parallel_for(0, B * H * blocks, 1, [&](int64_t begin, int64_t end) {
     const int64_t stride = KB + 48;
     std::vector<float> scores(static_cast<size_t>(R * stride));
-    std::vector<uint16_t> probs(static_cast<size_t>(R * stride), 0);
+    std::vector<float> probs(static_cast<size_t>(R * stride), 0.0f);
     std::vector<float> outs(static_cast<size_t>(QB * D));
+    std::vector<float> queries(static_cast<size_t>(QB * D));
     float top[QB], total[QB];
-    std::vector<__m512> spill(static_cast<size_t>(C == 0 ? chunks : 0));
-    __m512 fixed[R * (C == 0 ? 1 : C)];
-    __m512* acc = C == 0 ? spill.data() : fixed;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / (H * blocks), h = (task / blocks) % H, rb = task % blocks;
       const int64_t start = rd[b * 2], stop = rd[b * 2 + 1];
@@ -156,61 +200,64 @@ void rows(const uint16_t* qd, const uint32_t* kp, const uint32_t* vp, const int3
       const int64_t after = std::min(std::min(N, (rb + 1) * QB), stop);
       if (first >= after) continue;  // padding rows only: zeros
       const int64_t hk = h / group;
-      const uint32_t* kt = kp + (b * Hk + hk) * pairs * Nk;
-      const uint32_t* vt = vp + (b * Hk + hk) * Nv * D;
+      const float* kt = kp + (b * Hk + hk) * D * Nk;
+      const float* vt = vp + (b * Hk + hk) * N * D;
       const int64_t rows_n = after - first;
       for (int64_t r = 0; r < rows_n; ++r) {
         top[r] = -INFINITY;
         total[r] = 0.0f;
+        // The task's query rows in float32, the softmax scale (base 2) folded in.
+        const uint16_t* qs = qd + ((b * H + h) * N + first + r) * D;
+        for (int64_t d = 0; d < D; ++d) queries[r * D + d] = widen(qs[d]) * scale2;
       }
       std::fill(outs.begin(), outs.begin() + rows_n * D, 0.0f);
       const int64_t key_end = causal ? std::min(after, stop) : stop;
-      for (int64_t kb0 = start & ~int64_t{1}; kb0 < key_end; kb0 += KB) {
+      for (int64_t kb0 = start; kb0 < key_end; kb0 += KB) {
         const int64_t kb1 = std::min(kb0 + KB, key_end);
         for (int64_t g = 0; g < rows_n; g += R) {
           const int64_t n = std::min<int64_t>(R, rows_n - g);
           int64_t hi[R];
-          const uint32_t* qrow[R];
+          const float* qrow[R];
           for (int64_t r = 0; r < R; ++r) {
             const int64_t i = first + g + std::min(r, n - 1);
             const int64_t last = causal ? std::min<int64_t>(i + 1, stop) : stop;
             hi[r] = r < n ? std::min(kb1, last) : kb0;  // this block's keys end for row r
-            qrow[r] = reinterpret_cast<const uint32_t*>(qd + ((b * H + h) * N + i) * D);
+            qrow[r] = queries.data() + (g + std::min(r, n - 1)) * D;
           }
           int64_t block_end = kb0;
           for (int64_t r = 0; r < R; ++r) block_end = std::max(block_end, hi[r]);
           if (block_end <= kb0) continue;  // causal rows before this block
           __m512 most[R];
           for (int64_t r = 0; r < R; ++r) most[r] = _mm512_set1_ps(-INFINITY);
-          // Scores (base 2), 32 keys a step: 2R independent sums hide vdpbf16ps's latency.
+          // Scores (base 2), 32 keys a step: 2R independent sums.
           for (int64_t j = kb0; j < block_end; j += 32) {
             __m512 s[2 * R];
             for (int64_t a = 0; a < 2 * R; ++a) s[a] = _mm512_setzero_ps();
-            for (int64_t p = 0; p < pairs; ++p) {
-              const __m512bh lo = (__m512bh)_mm512_loadu_si512(kt + p * Nk + j);
-              const __m512bh up = (__m512bh)_mm512_loadu_si512(kt + p * Nk + j + 16);
+            for (int64_t d = 0; d < D; ++d) {
+              const __m512 lo = _mm512_loadu_ps(kt + d * Nk + j);
+              const __m512 up = _mm512_loadu_ps(kt + d * Nk + j + 16);
               for (int64_t r = 0; r < R; ++r) {
-                const __m512bh query = (__m512bh)_mm512_set1_epi32(qrow[r][p]);
-                s[2 * r] = _mm512_dpbf16_ps(s[2 * r], lo, query);
-                s[2 * r + 1] = _mm512_dpbf16_ps(s[2 * r + 1], up, query);
+                const __m512 query = _mm512_set1_ps(qrow[r][d]);
+                s[2 * r] = _mm512_fmadd_ps(lo, query, s[2 * r]);
+                s[2 * r + 1] = _mm512_fmadd_ps(up, query, s[2 * r + 1]);
               }
             }
             for (int64_t r = 0; r < R; ++r) {
               for (int64_t half = 0; half < 2; ++half) {
                 const int64_t at = j + 16 * half;
-                const __m512 scaled = _mm512_mul_ps(s[2 * r + half], _mm512_set1_ps(scale2));
-                _mm512_storeu_ps(scores.data() + r * stride + (at - kb0), scaled);
-                most[r] = _mm512_mask_max_ps(most[r], key_lanes(at, start, hi[r]), most[r], scaled);
+                _mm512_storeu_ps(scores.data() + r * stride + (at - kb0), s[2 * r + half]);
+                most[r] = _mm512_mask_max_ps(most[r], key_lanes(at, start, hi[r]), most[r],
+                                             s[2 * r + half]);
               }
             }
           }
           // Probabilities against the new running maximum; the old sum and output rescaled.
           float alpha[R];
+          const int64_t width = block_end - kb0;
           for (int64_t r = 0; r < R; ++r) {
-            uint16_t* row = probs.data() + r * stride;
-            const int64_t pad_end = block_end + 2 - kb0;
+            float* row = probs.data() + r * stride;
             if (r >= n || hi[r] <= kb0) {
-              std::fill(row, row + pad_end, uint16_t{0});
+              std::fill(row, row + width, 0.0f);
               alpha[r] = 1.0f;
               continue;
             }
@@ -225,39 +272,14 @@ void rows(const uint16_t* qd, const uint32_t* kp, const uint32_t* vp, const int3
               const __m512 x = _mm512_loadu_ps(scores.data() + r * stride + (j - kb0));
               const __m512 e = _mm512_maskz_mov_ps(lanes, exp2_ps(_mm512_sub_ps(x, shift)));
               sum = _mm512_add_ps(sum, e);
-              _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + (j - kb0)),
-                                  (__m256i)_mm512_cvtneps_pbh(e));
+              _mm512_storeu_ps(row + (j - kb0), e);
             }
-            for (int64_t j = ((block_end - kb0 + 15) / 16) * 16; j < pad_end; ++j) row[j] = 0;
             total[q] = total[q] * alpha[r] + _mm512_reduce_add_ps(sum);
           }
-          // Output += sum over key pairs of (p_j, p_j+1) . (v_j, v_j+1), 16 dimensions a step.
-          for (int64_t r = 0; r < R; ++r) {
-            const __m512 scale = _mm512_set1_ps(alpha[r]);
-            const float* held = outs.data() + (g + std::min(r, n - 1)) * D;
-            for (int64_t c = 0; c < chunks; ++c) {
-              acc[r * chunks + c] = _mm512_mul_ps(_mm512_loadu_ps(held + c * 16), scale);
-            }
-          }
-          for (int64_t m = kb0 / 2; m < (block_end + 1) / 2; ++m) {
-            __m512bh weights[R];
-            for (int64_t r = 0; r < R; ++r) {
-              uint32_t pp;
-              std::memcpy(&pp, probs.data() + r * stride + (2 * m - kb0), sizeof(pp));
-              weights[r] = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp));
-            }
-            const uint32_t* pair = vt + m * D;
-            for (int64_t c = 0; c < chunks; ++c) {
-              const __m512bh values = (__m512bh)_mm512_loadu_si512(pair + c * 16);
-              for (int64_t r = 0; r < R; ++r) {
-                acc[r * chunks + c] = _mm512_dpbf16_ps(acc[r * chunks + c], values, weights[r]);
-              }
-            }
-          }
-          for (int64_t r = 0; r < n; ++r) {
-            float* held = outs.data() + (g + r) * D;
-            for (int64_t c = 0; c < chunks; ++c) _mm512_storeu_ps(held + c * 16, acc[r * chunks + c]);
-          }
+          // Output += p_j * v_j over the block's keys, 16 dimensions a step.
+          float* held[R];
+          for (int64_t r = 0; r < R; ++r) held[r] = outs.data() + (g + std::min(r, n - 1)) * D;
+          weigh<R, C>(probs.data(), stride, vt + kb0 * D, D, block_end - kb0, held, alpha, n);
         }
       }
       for (int64_t r = 0; r < rows_n; ++r) {

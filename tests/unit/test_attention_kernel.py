@@ -32,10 +32,12 @@ CASES = [
     (2, 2, 1, 37, 32, True, [(0, 37), (5, 37)]),  # left padding, grouped KV
     (2, 4, 2, 50, 16, False, [(0, 50), (0, 33)]),  # right padding
     (3, 12, 12, 128, 32, False, [(0, 128)] * 3),  # all-MiniLM's shape
-    (1, 2, 2, 300, 64, True, [(1, 300)]),  # odd start: key pairs straddle it
+    (1, 2, 2, 300, 64, True, [(1, 300)]),  # an odd start
     (1, 2, 1, 17, 128, True, [(3, 16)]),  # padding on both sides
     (2, 2, 1, 600, 32, True, [(0, 600), (77, 600)]),  # more than one key block
     (1, 1, 1, 5, 16, False, [(0, 0)]),  # an empty row: zeros
+    (1, 2, 2, 45, 48, False, [(0, 45)]),  # three vectors of output dimensions
+    (1, 2, 1, 70, 160, True, [(4, 70)]),  # a head size past the fixed ones: the generic loop
 ]
 
 
@@ -63,7 +65,7 @@ def test_kernel_matches_sdpa_with_a_mask(
         inside[row, start:end] = True
     assert bool((got[~inside] == 0).all())  # padding rows are zeros
     if inside.any():
-        # bfloat16 inputs and probabilities: within a few bfloat16 steps of float32's answer.
+        # bfloat16 inputs and output: within a few bfloat16 steps of float32's answer.
         assert float((got[inside] - want[inside]).abs().max()) < 0.03
         cos = torch.nn.functional.cosine_similarity(got[inside], want[inside], dim=-1)
         assert float(cos.min()) > 0.999
