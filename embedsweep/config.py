@@ -292,6 +292,11 @@ class LoadSpec(_Strict):
         description="After the levels, check that the served vectors are the model's (the "
         "fidelity probe: a CPU reference encode of fixed texts, batch and order invariance).",
     )
+    harness_check: bool = Field(
+        default=True,
+        description="After the levels of a CPU built-in (hf) server, encode the run's texts "
+        "directly and store the server's speed over the model's (the harness check, ~6 s a cell).",
+    )
 
     @model_validator(mode="after")
     def _one_stop_rule(self) -> LoadSpec:

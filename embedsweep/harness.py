@@ -31,6 +31,11 @@ __all__ = ["BUDGET_S", "check", "direct_rate", "server_info"]
 # Seconds of encoding each direct measurement may take (after one warm-up batch).
 BUDGET_S = 3.0
 _DTYPES = ("float32", "float16", "bfloat16")
+# What the server's /info says of itself, kept with every check.
+_SERVER_FIELDS = (
+    "dtype", "device", "runtime", "model_threads", "model_threads_now", "thread_changes",
+    "frontend",
+)  # fmt: skip
 
 
 def server_info(url: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
@@ -109,10 +114,10 @@ def check(
     server_inputs_per_s: float,
     info: dict[str, Any] | None,
     trust_remote_code: bool = False,
+    compare: bool = True,
 ) -> HarnessCheck:
-    """The harness check of one built-in server run (module docstring); never raises."""
-    import torch
-
+    """The harness check of one built-in server run (module docstring); never raises. With
+    COMPARE false (the sweep's ``load.harness_check: false``) only the server's side is kept."""
     info = info or {}
     batch = concurrency * batch_size
     fields: dict[str, Any] = {
@@ -120,20 +125,18 @@ def check(
         "concurrency": concurrency,
         "batch": batch,
         "server_inputs_per_s": server_inputs_per_s,
-        "dtype": info.get("dtype"),
-        "device": info.get("device"),
-        "runtime": info.get("runtime"),
-        "model_threads": info.get("model_threads"),
-        "model_threads_now": info.get("model_threads_now"),
-        "thread_changes": info.get("thread_changes"),
-        "frontend": info.get("frontend"),
     }
+    fields |= {key: info.get(key) for key in _SERVER_FIELDS}
     dtype = info.get("dtype")
+    if not compare:
+        return HarnessCheck(**fields, note="direct encode not compared: load.harness_check is off")
     if info.get("device") != "cpu":
         why = "a GPU server (see benchmarks/bench_hfserver.py)" if info else "no server info"
         return HarnessCheck(**fields, note=f"direct encode not compared: {why}")
     if dtype not in _DTYPES or not texts:
         return HarnessCheck(**fields, note=f"direct encode not compared: dtype {dtype!r}")
+    import torch
+
     rates: dict[int, float] = {}
     try:
         for threads in sorted({torch.get_num_threads(), 1}, reverse=True):

@@ -44,6 +44,7 @@ def harness_check(
         server_inputs_per_s=top.inputs_per_s,
         info=info,
         trust_remote_code=plan.cell.model.trust_remote_code,
+        compare=plan.load.harness_check,
     )
 
 

@@ -190,7 +190,7 @@ def _after_levels(
             progress(0, f"{cell.label}: fidelity probe")
         out.fidelity = fidelity_check(item, server, launch, texts, info)
     if item.final.engine == "hf" and out.levels:
-        if progress:
+        if progress and load.harness_check:
             progress(0, f"{cell.label}: direct encode (harness check)")
         out.harness = harness_check(item, out.levels[-1], texts, info)
 

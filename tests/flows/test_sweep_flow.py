@@ -62,6 +62,11 @@ def test_sweep_measures_ok_cells_and_records_blocked_ones(tmp_path: Path) -> Non
     assert reasons == [("hf", "exceeds_context", "block")]
     sweeps = _rows(db, "SELECT sweep_name, finished_at IS NOT NULL FROM sweeps")
     assert sweeps == [("flowtest", True)]
+    # The checks after the levels ran with the defaults (fidelity probe, harness check).
+    checks = _rows(
+        db, "SELECT r.fidelity, h.ratio > 0 FROM runs r JOIN harness_checks h USING (run_id)"
+    )
+    assert checks == [("passed", True)]
     run_dir = next(
         p for p in (tmp_path / "runs").rglob("run.json") if '"ok"' in p.read_text()
     ).parent

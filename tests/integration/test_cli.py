@@ -148,6 +148,12 @@ def test_run_then_report_and_sql(tmp_path: Path) -> None:
         "--warehouse", str(tmp_path / "w.duckdb"),
     )  # fmt: skip
     assert json.loads(counted.stdout) == [{"prompt_tokens": 10}]
+    # The harness check is on by default: the hf run was compared with direct encode.
+    checked = _cli(
+        "sql", "SELECT chunk_size, ratio > 0 AS measured, note FROM harness_checks", "--json",
+        "--warehouse", str(tmp_path / "w.duckdb"),
+    )  # fmt: skip
+    assert json.loads(checked.stdout) == [{"chunk_size": 10, "measured": True, "note": None}]
     write = _cli("sql", "DELETE FROM runs", "--warehouse", str(tmp_path / "w.duckdb"))
     assert write.returncode == 2
     assert "read-only" in write.stderr.lower()

@@ -44,3 +44,14 @@ def test_a_gpu_server_or_a_server_that_said_nothing_is_not_compared(minilm_dir: 
     assert silent.ratio is None
     assert silent.note is not None
     assert "no server info" in silent.note
+
+
+def test_switched_off_keeps_the_servers_side_and_says_so(minilm_dir: Path) -> None:
+    info = {"device": "cpu", "dtype": "bfloat16", "runtime": "torch", "model_threads": 1}
+    off = harness.check(
+        minilm_dir, ["x"], chunk_size=32, concurrency=4, batch_size=1, server_inputs_per_s=50.0,
+        info=info, compare=False,
+    )  # fmt: skip
+    assert (off.ratio, off.direct_inputs_per_s) == (None, None)
+    assert off.note == "direct encode not compared: load.harness_check is off"
+    assert (off.server_inputs_per_s, off.dtype, off.model_threads) == (50.0, "bfloat16", 1)
