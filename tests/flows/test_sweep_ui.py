@@ -35,6 +35,9 @@ def _spec(tmp_path: Path) -> Any:
                 "concurrency": [2],
                 "requests_per_level": 20,
                 "warmup_requests": 2,
+                # Artifacts and events are the subject; test_sweep_flow runs the checks.
+                "fidelity": False,
+                "harness_check": False,
             },
             "warehouse": str(tmp_path / "w.duckdb"),
             "artifacts": str(tmp_path / "runs"),

