@@ -5,10 +5,11 @@
 // [start, min(i + 1, end)). So no (rows x keys) mask is ever built, and a causal row skips the
 // keys after it. Per (batch, KV head) the keys are unpacked once to float32 along the head
 // dimension (16 keys per vector: a query element times 16 keys' scores per FMA) and the values
-// to float32 rows (16 output dimensions per FMA). float32 FMAs, not vdpbf16ps: on the CPUs
-// measured (Sapphire Rapids class), vdpbf16ps issues ~0.6 a cycle against ~2.3 for a 512-bit
-// float32 FMA, so two FMAs beat one bf16 dot pair by ~2x (benchmarks/bench_attention_kernel.py
-// prints both). Softmax runs per block of keys with the online rescale, exp2 by a degree-6
+// to float32 rows (16 output dimensions per FMA). float32 FMAs, not vdpbf16ps: on the CPU
+// measured (an Intel Xeon with AVX-512 BF16 and FP16, no AMX), vdpbf16ps issued ~1.3 G/s a core
+// against ~5.3 G/s for a 512-bit float32 FMA, so two FMAs beat one bf16 dot pair by ~2x
+// (benchmarks/bench_attention_kernel.py prints both). The unpacked copies take twice the
+// bfloat16 size (keys and values: B x Hk x N x D x 8 bytes while the call runs). Softmax runs per block of keys with the online rescale, exp2 by a degree-6
 // polynomial and scalef; probabilities stay float32. Rows outside their sequence get zeros.
 //
 // Built at first use by embedsweep.hfserver.attention (torch.utils.cpp_extension) and run on
