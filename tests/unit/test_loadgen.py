@@ -589,9 +589,11 @@ def test_open_loop_split_over_processes_sends_the_whole_schedule(null_server: Nu
         np.sort(records.scheduled_ns), poisson_schedule(2000.0, seed=9, requests=200)
     )
     # Each process converts the agreed start into its own clock: were they misaligned, the lag
-    # would be off by the difference (or negative).
+    # would be off by the difference (or negative). A spawned worker (a fresh interpreter that
+    # imports the client) takes far longer than 20 ms to start, so 20 ms still tells a misaligned
+    # clock from a busy host's late sends (2 ms flaked in CI: a median of 2.96 ms).
     assert (lag >= 0).all()
-    assert float(np.median(lag)) < 2e6
+    assert float(np.median(lag)) < 20e6
 
 
 _STOPPABLE = """
