@@ -143,9 +143,12 @@ def _state_beside_the_sessions(path: Path) -> str:
     """A state folder of its own at PATH (its own pid files and locks) whose compile caches are
     the session's: a test that isolates its servers need not pay vLLM's and Inductor's first
     compile again (~25 s a vLLM start on two cores)."""
+    from embedsweep.engines.hf import INDUCTOR_CACHE
+    from embedsweep.engines.vllm import COMPILE_CACHE
+
     shared = Path(os.environ["EMBEDSWEEP_STATE_DIR"])
     path.mkdir(parents=True, exist_ok=True)
-    for cache in ("vllm-cache", "inductor-cache"):
+    for cache in (COMPILE_CACHE, INDUCTOR_CACHE):
         (shared / cache).mkdir(parents=True, exist_ok=True)
         link = path / cache
         if not link.exists():

@@ -7,7 +7,10 @@ import sys
 from embedsweep.engines.base import Launch, UsageCounting, cuda_devices
 from embedsweep.engines.pidfiles import state_dir
 
-__all__ = ["HFAdapter"]
+__all__ = ["INDUCTOR_CACHE", "HFAdapter"]
+
+# Inductor's cache folder, under embedsweep's state folder.
+INDUCTOR_CACHE = "inductor-cache"
 
 
 class HFAdapter:
@@ -36,7 +39,7 @@ class HFAdapter:
     def environment(self, launch: Launch) -> dict[str, str]:
         # Inductor's cache (a --compile on start) under embedsweep's state folder, reused by
         # the next start, never a temporary folder that a reboot empties.
-        defaults = {"TORCHINDUCTOR_CACHE_DIR": str(state_dir() / "inductor-cache")}
+        defaults = {"TORCHINDUCTOR_CACHE_DIR": str(state_dir() / INDUCTOR_CACHE)}
         env = {**defaults, **launch.env, "EMBEDSWEEP_API_KEY": launch.api_key}
         if launch.devices != ("cpu",):
             env.update(cuda_devices(launch))

@@ -30,10 +30,14 @@ from embedsweep.engines.base import Launch, UsageCounting, cuda_devices
 from embedsweep.engines.pidfiles import state_dir
 from embedsweep.registry import version_key
 
-__all__ = ["API_SERVER_MODULE", "CPU_KVCACHE_GIB", "VLLMAdapter", "cpu_environment"]
+__all__ = [
+    "API_SERVER_MODULE", "COMPILE_CACHE", "CPU_KVCACHE_GIB", "VLLMAdapter", "cpu_environment",
+]  # fmt: skip
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 CPU_KVCACHE_GIB = 1
+# vLLM's cache folder (VLLM_CACHE_ROOT: its compile cache), under embedsweep's state folder.
+COMPILE_CACHE = "vllm-cache"
 
 
 def cpu_environment(cores: int | None = None) -> dict[str, str]:
@@ -82,7 +86,7 @@ class VLLMAdapter:
     def environment(self, launch: Launch) -> dict[str, str]:
         defaults = {
             "VLLM_HOST_IP": "127.0.0.1",
-            "VLLM_CACHE_ROOT": str(state_dir() / "vllm-cache"),
+            "VLLM_CACHE_ROOT": str(state_dir() / COMPILE_CACHE),
         }
         if launch.build == "cpu":
             defaults.update(cpu_environment())
