@@ -293,7 +293,7 @@ BUILT_IN_NOTE = (
     "run's top concurrency over direct sentence-transformers encode of the same texts, same dtype "
     "and batch, on the same host, measured once per run (table harness_checks). Near 1: the "
     "figures are the model's; well below: the harness, not the model, set them; above 1: the "
-    "server ran faster kernels than sentence-transformers as shipped (its own bfloat16 attention "
+    "server ran faster kernels than sentence-transformers as shipped (its own attention kernel "
     "on a CPU, or torch.compile with --compile on)."
 )
 FIDELITY_NOTE = (

@@ -1,15 +1,16 @@
-"""The built-in server's attention on a CPU with AVX-512 BF16: bfloat16 attention that never
-builds a (rows x keys) mask, registered with transformers as the ``embedsweep`` attention.
+"""The built-in server's attention on a CPU with AVX-512 BF16: bfloat16 or float32 attention that
+never builds a (rows x keys) mask, registered with transformers as the ``embedsweep`` attention.
 
 transformers (5.x with torch < 2.14) passes SDPA an explicit mask whenever a batch is padded or
 the model runs under torch.compile, and then SDPA can neither skip a causal row's later keys
 nor run its fused kernel; at head sizes of 16-64 torch's CPU flash kernel also reaches only
 ~50-100 GFLOP/s on two cores. The kernel in ``attention_cpu.cpp`` takes each sequence's extent
 (where its padding ends: ``ranges``) instead of a mask, and multiplies with float32 FMAs on
-keys and values unpacked once (faster than ``vdpbf16ps`` on the CPUs measured: see the source).
+keys and values unpacked once (faster than ``vdpbf16ps`` on the CPUs measured: see the source;
+float32 values are read in place).
 
 The mask function registered beside it turns the 2-D padding mask into those extents, so the
-model's own code path is unchanged. Where the kernel does not apply (not bfloat16, another
+model's own code path is unchanged. Where the kernel does not apply (float16, another
 device, dropout, a sliding window, a head size that is not a multiple of 16, a CPU without
 AVX-512 BF16, or a build failure) the attention is transformers' SDPA, with a mask built from
 the extents when a batch is padded.
@@ -214,7 +215,8 @@ def _attention(
     module_kernel = kernel()
     fits = (
         module_kernel is not None
-        and query.dtype == torch.bfloat16
+        and query.dtype in (torch.bfloat16, torch.float32)
+        and key.dtype == query.dtype
         and query.device.type == "cpu"
         and key.shape[2] == n
         and dim % 16 == 0

@@ -1,16 +1,18 @@
-// Attention for long inputs on an x86 CPU with AVX-512: bfloat16 q, k, v in, float32 arithmetic.
+// Attention for long inputs on an x86 CPU with AVX-512: bfloat16 or float32 q, k, v in, float32
+// arithmetic.
 //
 // Each query row's valid keys are one contiguous range: the row's sequence occupies positions
 // [start, end) of the padded batch (left or right padding), and a causal row i sees
 // [start, min(i + 1, end)). So no (rows x keys) mask is ever built, and a causal row skips the
-// keys after it. Per (batch, KV head) the keys are unpacked once to float32 along the head
-// dimension (16 keys per vector: a query element times 16 keys' scores per FMA) and the values
-// to float32 rows (16 output dimensions per FMA). float32 FMAs, not vdpbf16ps: on the CPU
-// measured (an Intel Xeon with AVX-512 BF16 and FP16, no AMX), vdpbf16ps issued ~1.3 G/s a core
-// against ~5.3 G/s for a 512-bit float32 FMA, so two FMAs beat one bf16 dot pair by ~2x
-// (benchmarks/bench_attention_kernel.py prints both). The unpacked copies take twice the
-// bfloat16 size (keys and values: B x Hk x N x D x 8 bytes while the call runs). Softmax runs per block of keys with the online rescale, exp2 by a degree-6
-// polynomial and scalef; probabilities stay float32. Rows outside their sequence get zeros.
+// keys after it. Per (batch, KV head) the keys are copied once to float32 along the head
+// dimension (16 keys per vector: a query element times 16 keys' scores per FMA); bfloat16 values
+// are unpacked to float32 rows (16 output dimensions per FMA), float32 ones read in place.
+// float32 FMAs, not vdpbf16ps: on the CPU measured (an Intel Xeon with AVX-512 BF16 and FP16, no
+// AMX), vdpbf16ps issued ~1.3 G/s a core against ~5.3 G/s for a 512-bit float32 FMA, so two FMAs
+// beat one bf16 dot pair by ~2x (benchmarks/bench_attention_kernel.py prints both). The copies
+// take B x Hk x N x D x 8 bytes (bfloat16 in) or x 4 (float32 in) while the call runs. Softmax
+// runs per block of keys with the online rescale, exp2 by a degree-6 polynomial and scalef;
+// probabilities stay float32. Rows outside their sequence get zeros.
 //
 // Built at first use by embedsweep.hfserver.attention (torch.utils.cpp_extension) and run on
 // torch's own OpenMP threads (at::parallel_for).
@@ -24,6 +26,7 @@
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -49,11 +52,12 @@ inline __mmask16 first_lanes(int64_t n) {
 
 }  // namespace
 
-// q: [B, H, N, D]; k, v: [B, Hk, N, D] (bfloat16, contiguous); ranges: [B, 2] int32 (start, end)
-// of each sequence. Returns [B, N, H, D] bfloat16, the layout transformers reshapes to [B, N, H*D].
-template <int64_t C>
-void rows(const uint16_t* qd, const float* kp, const float* vp, const int32_t* rd, uint16_t* od,
-          int64_t B, int64_t H, int64_t Hk, int64_t N, int64_t D, bool causal, float scale2);
+// q: [B, H, N, D]; k, v: [B, Hk, N, D] (bfloat16 or float32, one dtype, contiguous); ranges:
+// [B, 2] int32 (start, end) of each sequence. Returns [B, N, H, D] in q's dtype, the layout
+// transformers reshapes to [B, N, H*D]. T is the element: uint16_t (bfloat16 bits) or float.
+template <typename T, int64_t C>
+void rows(const T* qd, const float* kp, const float* vp, const int32_t* rd, T* od, int64_t B,
+          int64_t H, int64_t Hk, int64_t N, int64_t D, bool causal, float scale2);
 
 inline float widen(uint16_t bits) {
   const uint32_t wide = static_cast<uint32_t>(bits) << 16;
@@ -62,11 +66,40 @@ inline float widen(uint16_t bits) {
   return out;
 }
 
+inline float widen(float value) { return value; }
+
+inline void store16(uint16_t* to, __m512 x) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(to), (__m256i)_mm512_cvtneps_pbh(x));
+}
+
+inline void store16(float* to, __m512 x) { _mm512_storeu_ps(to, x); }
+
+template <typename T>
+const T* elements(const torch::Tensor& t) {
+  if constexpr (std::is_same_v<T, float>) {
+    return t.data_ptr<float>();
+  } else {
+    return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+  }
+}
+
+template <typename T>
+torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor ranges,
+                     bool causal, double scale);
+
 torch::Tensor attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor ranges,
                         bool causal, double scale) {
-  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 &&
-                  v.scalar_type() == at::kBFloat16,
-              "bfloat16 q, k, v expected");
+  const auto type = q.scalar_type();
+  TORCH_CHECK((type == at::kBFloat16 || type == at::kFloat) && k.scalar_type() == type &&
+                  v.scalar_type() == type,
+              "bfloat16 or float32 q, k, v (one dtype) expected");
+  if (type == at::kFloat) return attend<float>(q, k, v, ranges, causal, scale);
+  return attend<uint16_t>(q, k, v, ranges, causal, scale);
+}
+
+template <typename T>
+torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor ranges,
+                     bool causal, double scale) {
   q = q.contiguous();
   k = k.contiguous();
   v = v.contiguous();
@@ -78,19 +111,22 @@ torch::Tensor attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch
   const int64_t chunks = D / 16;
   // Keys transposed ([D][N + 32]: two vectors past the last key), values as rows ([N][D]).
   const int64_t Nk = N + 32;
+  // float32 values are read in place; bfloat16 ones are unpacked.
+  constexpr bool wide_in = std::is_same_v<T, float>;
   std::vector<float> kp(static_cast<size_t>(B * Hk * D * Nk), 0.0f);
-  std::vector<float> vp(static_cast<size_t>(B * Hk * N * D));
-  const uint16_t* kd = reinterpret_cast<const uint16_t*>(k.data_ptr<at::BFloat16>());
-  const uint16_t* vd = reinterpret_cast<const uint16_t*>(v.data_ptr<at::BFloat16>());
+  std::vector<float> vp(wide_in ? 0 : static_cast<size_t>(B * Hk * N * D));
+  const T* kd = elements<T>(k);
+  const T* vd = elements<T>(v);
   at::parallel_for(0, B * Hk, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) {
-      const uint16_t* ks = kd + bh * N * D;
-      const uint16_t* vs = vd + bh * N * D;
+      const T* ks = kd + bh * N * D;
       float* kt = kp.data() + bh * D * Nk;
-      float* vt = vp.data() + bh * N * D;
       for (int64_t j = 0; j < N; ++j) {
         for (int64_t d = 0; d < D; ++d) kt[d * Nk + j] = widen(ks[j * D + d]);
       }
+      if constexpr (wide_in) continue;
+      const T* vs = vd + bh * N * D;
+      float* vt = vp.data() + bh * N * D;
       for (int64_t x = 0; x < N * D; x += 16) {
         const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vs + x));
         const __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16);
@@ -99,16 +135,21 @@ torch::Tensor attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch
     }
   });
   auto out = torch::zeros({B, N, H, D}, q.options());
-  const uint16_t* qd = reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>());
-  uint16_t* od = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const T* qd = elements<T>(q);
+  T* od = const_cast<T*>(elements<T>(out));
   const int32_t* rd = range.data_ptr<int32_t>();
   const float scale2 = static_cast<float>(scale) * 1.4426950408889634f;  // log2(e)
   const float* kpd = kp.data();
-  const float* vpd = vp.data();
+  const float* vpd = nullptr;
+  if constexpr (wide_in) {
+    vpd = vd;
+  } else {
+    vpd = vp.data();
+  }
   switch (chunks) {
 #define EMBEDSWEEP_ROWS(n) \
   case n:                  \
-    rows<n>(qd, kpd, vpd, rd, od, B, H, Hk, N, D, causal, scale2); \
+    rows<T, n>(qd, kpd, vpd, rd, od, B, H, Hk, N, D, causal, scale2); \
     break;
     EMBEDSWEEP_ROWS(1)
     EMBEDSWEEP_ROWS(2)
@@ -120,7 +161,7 @@ torch::Tensor attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch
     EMBEDSWEEP_ROWS(8)
 #undef EMBEDSWEEP_ROWS
     default:
-      rows<0>(qd, kpd, vpd, rd, od, B, H, Hk, N, D, causal, scale2);
+      rows<T, 0>(qd, kpd, vpd, rd, od, B, H, Hk, N, D, causal, scale2);
   }
   return out;
 }
@@ -171,9 +212,9 @@ inline void weigh(const float* probs, int64_t stride, const float* values, int64
   }
 }
 
-template <int64_t C>
-void rows(const uint16_t* qd, const float* kp, const float* vp, const int32_t* rd, uint16_t* od,
-          int64_t B, int64_t H, int64_t Hk, int64_t N, int64_t D, bool causal, float scale2) {
+template <typename T, int64_t C>
+void rows(const T* qd, const float* kp, const float* vp, const int32_t* rd, T* od, int64_t B,
+          int64_t H, int64_t Hk, int64_t N, int64_t D, bool causal, float scale2) {
   // C: output vectors of 16 dimensions (D / 16), fixed for the common sizes so the
   // accumulators stay in registers; 0: any size. A task is QB query rows of one head; it walks
   // the keys in blocks of KB (keys and values of a block stay in L1 while every row of the task
@@ -208,7 +249,7 @@ void rows(const uint16_t* qd, const float* kp, const float* vp, const int32_t* r
         top[r] = -INFINITY;
         total[r] = 0.0f;
         // The task's query rows in float32, the softmax scale (base 2) folded in.
-        const uint16_t* qs = qd + ((b * H + h) * N + first + r) * D;
+        const T* qs = qd + ((b * H + h) * N + first + r) * D;
         for (int64_t d = 0; d < D; ++d) queries[r * D + d] = widen(qs[d]) * scale2;
       }
       std::fill(outs.begin(), outs.begin() + rows_n * D, 0.0f);
@@ -286,11 +327,9 @@ void rows(const uint16_t* qd, const float* kp, const float* vp, const int32_t* r
       for (int64_t r = 0; r < rows_n; ++r) {
         const __m512 inv = _mm512_set1_ps(1.0f / total[r]);
         const float* held = outs.data() + r * D;
-        uint16_t* orow = od + ((b * N + first + r) * H + h) * D;
+        T* orow = od + ((b * N + first + r) * H + h) * D;
         for (int64_t c = 0; c < chunks; ++c) {
-          const __m512 scaled = _mm512_mul_ps(_mm512_loadu_ps(held + c * 16), inv);
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + c * 16),
-                              (__m256i)_mm512_cvtneps_pbh(scaled));
+          store16(orow + c * 16, _mm512_mul_ps(_mm512_loadu_ps(held + c * 16), inv));
         }
       }
     }
@@ -298,6 +337,6 @@ void rows(const uint16_t* qd, const float* kp, const float* vp, const int32_t* r
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("attention", &attention, "range-masked bfloat16 attention (AVX-512 BF16)",
+  m.def("attention", &attention, "range-masked bfloat16 or float32 attention (AVX-512)",
         py::call_guard<py::gil_scoped_release>());
 }

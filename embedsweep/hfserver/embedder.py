@@ -109,7 +109,7 @@ class Embedder:
         # A compiled graph keeps transformers' SDPA (the kernel would break the graph).
         if (
             device == "cpu"
-            and self.dtype == "bfloat16"
+            and self.dtype in ("bfloat16", "float32")
             and not (trust_remote_code or compile_threads)
         ):
             self._use_range_attention()
@@ -128,7 +128,7 @@ class Embedder:
             self._compile(compile_threads, f"{attention or 'default'} attention")
 
     def _use_range_attention(self) -> None:
-        """The model's attention through embedsweep's bfloat16 kernel
+        """The model's attention through embedsweep's kernel (bfloat16 or float32)
         (``embedsweep.hfserver.attention``) where it is built and the model takes a registered
         attention; otherwise it stays as loaded."""
         from embedsweep.hfserver import attention

@@ -6,10 +6,10 @@ records what it measured.
 On a CPU the model's intra-op threads spin at their barriers, and a thread descheduled by
 another process stalls every one of them: the model gets the given cores while they are free, and
 fewer when other processes take a share (the governor below; one thread has a core of its own); the
-front end (HTTP, JSON, tokenizing) runs between batches on any core. Half precision on a CPU is
-bfloat16, and only where the CPU computes it natively (AVX-512 BF16 or AMX): elsewhere it is
-slower than float32. A CPU ``auto`` dtype picks it there, since vLLM's CPU build also serves a
-float32 embedding model in half precision (float16).
+front end (HTTP, JSON, tokenizing) runs between batches on any core. A CPU ``auto`` dtype is
+bfloat16 only where the CPU computes it natively and a measured matmul shows it faster than
+float32 (``embedsweep.precision.cpu_bf16_pays``), float32 elsewhere: the rule every engine of a
+sweep is started with.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ BAD_JSON = (
 
 def _serve(model_dir: Path, name: str, log: Path) -> Iterator[ServerProcess]:
     # float32: these tests compare with the model's own float32 vectors (the CPU default is
-    # bfloat16 where the CPU computes it natively; tests/integration/test_hfserver_placement.py).
+    # bfloat16 only where it is faster there; tests/integration/test_hfserver_placement.py).
     launch = Launch(
         model_path=model_dir, served_name=name, port=free_port(), api_key=API_KEY,
         max_input_tokens=LIMIT, dtype="float32",

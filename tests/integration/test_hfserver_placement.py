@@ -17,8 +17,9 @@ from hfserver_calls import API_KEY, embed, served_info
 from embedsweep.calibrate import Calibrator, load_tokenizer
 from embedsweep.engines import Launch, server_for
 from embedsweep.engines.process import ServerProcess, free_port
-from embedsweep.hfserver.placement import cpu_has_bf16, given_cores
+from embedsweep.hfserver.placement import given_cores
 from embedsweep.loadgen import build_payloads, run_level_sync
+from embedsweep.precision import resolve
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +51,7 @@ def test_the_default_dtype_is_the_cpus_native_half_and_the_vectors_are_the_model
 
     info = served_info(server)
     assert info["device"] == "cpu"
-    assert info["dtype"] == ("bfloat16" if cpu_has_bf16() else "float32")
+    assert info["dtype"] == resolve("auto", on_gpu=False)  # bfloat16 only where it is faster
     assert info["cores"] == len(given_cores())
     assert info["model_threads"] == len(given_cores())
     assert "torch" in info["runtime"]

@@ -6,6 +6,7 @@ the mismatch is a finding, and every report format carries the dtype and the one
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,19 +14,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embedsweep.precision import cpu_has_bf16
+from embedsweep.precision import CPU_DTYPE_ENV
 
 pytestmark = pytest.mark.integration
 EMBEDSWEEP = str(Path(sys.executable).parent / "embedsweep")
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # auto is bfloat16 for this sweep whichever precision is faster on this CPU, so that the
+    # pool that appends --dtype float32 serves another precision than it was started with.
+    env = {**os.environ, CPU_DTYPE_ENV: "bfloat16"}
     return subprocess.run(
-        [EMBEDSWEEP, *args], capture_output=True, text=True, timeout=600, cwd=cwd, check=False
-    )
+        [EMBEDSWEEP, *args], capture_output=True, text=True, timeout=600, cwd=cwd, check=False,
+        env=env,
+    )  # fmt: skip
 
 
-@pytest.mark.skipif(not cpu_has_bf16(), reason="auto is float32 here: nothing to mix")
 @pytest.mark.usefixtures("shared_prefect")
 def test_mixed_precisions_get_one_note_in_every_format(tmp_path: Path) -> None:
     pool = {"gpu_model": "cpu", "gpu_memory_gb": 0, "devices": ["cpu"]}

@@ -1,8 +1,8 @@
-"""The built-in server's bfloat16 attention kernel (embedsweep.hfserver.attention) against torch's
-SDPA in float32 with an explicit mask: causal and bidirectional, left and right padding, grouped
-KV heads, head sizes 16 to 128, lengths around its blocks; and whole models served through it
-(the Qwen3-shaped decoder with left padding and last-token pooling, a 512-position BERT with
-right padding) against the same models on transformers' SDPA."""
+"""The built-in server's attention kernel (embedsweep.hfserver.attention), bfloat16 and float32
+in, against torch's SDPA in float32 with an explicit mask: causal and bidirectional, left and
+right padding, grouped KV heads, head sizes 16 to 160, lengths around its blocks; and whole
+models served through it (the Qwen3-shaped decoder with left padding and last-token pooling, a
+512-position BERT with right padding) against the same models on transformers' SDPA."""
 
 from __future__ import annotations
 
@@ -41,9 +41,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize(("b", "h", "hk", "n", "d", "causal", "spans"), CASES)
 def test_kernel_matches_sdpa_with_a_mask(
     kernel: object,
+    dtype: torch.dtype,
     b: int,
     h: int,
     hk: int,
@@ -53,11 +55,13 @@ def test_kernel_matches_sdpa_with_a_mask(
     spans: list[tuple[int, int]],
 ) -> None:
     torch.manual_seed(n)
-    q = torch.randn(b, h, n, d, dtype=torch.bfloat16)
-    k = torch.randn(b, hk, n, d, dtype=torch.bfloat16)
-    v = torch.randn(b, hk, n, d, dtype=torch.bfloat16)
+    q = torch.randn(b, h, n, d, dtype=dtype)
+    k = torch.randn(b, hk, n, d, dtype=dtype)
+    v = torch.randn(b, hk, n, d, dtype=dtype)
     ranges = torch.tensor(spans, dtype=torch.int32)
-    got = kernel.attention(q, k, v, ranges, causal, d**-0.5).float()  # type: ignore[attr-defined]
+    out = kernel.attention(q, k, v, ranges, causal, d**-0.5)  # type: ignore[attr-defined]
+    assert out.dtype == dtype
+    got = out.float()
     want = attention.reference(q.float(), k.float(), v.float(), ranges, causal, d**-0.5)
     assert got.shape == (b, n, h, d)
     inside = torch.zeros(b, n, dtype=torch.bool)
@@ -65,10 +69,11 @@ def test_kernel_matches_sdpa_with_a_mask(
         inside[row, start:end] = True
     assert bool((got[~inside] == 0).all())  # padding rows are zeros
     if inside.any():
-        # bfloat16 inputs and output: within a few bfloat16 steps of float32's answer.
-        assert float((got[inside] - want[inside]).abs().max()) < 0.03
+        # bfloat16 output: within a few bfloat16 steps of float32's answer; float32: rounding.
+        bound, least = (0.03, 0.999) if dtype == torch.bfloat16 else (1e-4, 0.999999)
+        assert float((got[inside] - want[inside]).abs().max()) < bound
         cos = torch.nn.functional.cosine_similarity(got[inside], want[inside], dim=-1)
-        assert float(cos.min()) > 0.999
+        assert float(cos.min()) > least
 
 
 def test_extents_of_left_and_right_padding() -> None:
@@ -77,13 +82,17 @@ def test_extents_of_left_and_right_padding() -> None:
 
 
 def _served(
-    model_dir: Path, texts: list[str], mode: str, monkeypatch: pytest.MonkeyPatch
+    model_dir: Path,
+    texts: list[str],
+    mode: str,
+    monkeypatch: pytest.MonkeyPatch,
+    dtype: str = "bfloat16",
 ) -> np.ndarray:
     from embedsweep.hfserver.embedder import Embedder
 
     monkeypatch.setenv("EMBEDSWEEP_HF_ATTENTION", mode)
     monkeypatch.setattr(attention, "_loaded", {})
-    embedder = Embedder(model_dir, dtype="bfloat16")
+    embedder = Embedder(model_dir, dtype=dtype)
     assert ("embedsweep attention" in embedder.runtime) == (mode == "auto")
     before = attention.kernel_calls()
     vectors = embedder.embed(embedder.tokenize(texts))
@@ -93,9 +102,10 @@ def _served(
     return vectors
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("build", ["decoder", "encoder"])
 def test_a_padded_batch_serves_the_models_vectors(
-    build: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    build: str, dtype: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if build == "decoder":  # Qwen3's rules: left padding, causal, last-token pooling
         folder = qwen3_decoder(tmp_path / "qwen3", max_positions=1024)
@@ -105,11 +115,12 @@ def test_a_padded_batch_serves_the_models_vectors(
         lengths = [512, 40, 300, 3]
     calibrator = Calibrator(load_tokenizer(folder))
     texts = [calibrator.texts(n, 1, seed=n)[0] for n in lengths]
-    kernel_vectors = _served(folder, texts, "auto", monkeypatch)
-    sdpa_vectors = _served(folder, texts, "sdpa", monkeypatch)
+    kernel_vectors = _served(folder, texts, "auto", monkeypatch, dtype)
+    sdpa_vectors = _served(folder, texts, "sdpa", monkeypatch, dtype)
     # Each row alone (no padding at all) on SDPA: what the model gives that text.
-    alone = np.concatenate([_served(folder, [t], "sdpa", monkeypatch) for t in texts])
+    alone = np.concatenate([_served(folder, [t], "sdpa", monkeypatch, dtype) for t in texts])
+    least = 0.999 if dtype == "bfloat16" else 0.99999
     for vectors in (kernel_vectors, sdpa_vectors):
         cosines = (vectors * alone).sum(axis=1)
-        assert float(cosines.min()) > 0.999, cosines
+        assert float(cosines.min()) > least, cosines
     np.testing.assert_allclose(np.linalg.norm(kernel_vectors, axis=1), 1.0, atol=1e-5)

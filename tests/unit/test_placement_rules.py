@@ -22,7 +22,7 @@ from embedsweep.hfserver.placement import (
 HZ = 100
 
 
-def test_a_cpu_model_gets_the_given_cores_and_bfloat16_only_where_native() -> None:
+def test_a_cpu_model_gets_the_given_cores_and_bfloat16_only_where_it_pays() -> None:
     native = choose("cpu", "auto", cores=2, bf16=True)
     assert (native.dtype, native.model_threads, native.cores) == ("bfloat16", 2, 2)
     assert choose("cpu", "auto", cores=8, bf16=False).dtype == "float32"

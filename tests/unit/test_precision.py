@@ -3,6 +3,7 @@ legend, and the warehouse columns (a real DuckDB file)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -42,6 +43,53 @@ def test_the_built_in_server_follows_the_same_rule() -> None:
         expected = precision.resolve("auto", on_gpu=False, bf16=bf16)
         assert choose("cpu", "auto", cores=2, bf16=bf16).dtype == expected
     assert choose("cuda", "auto", stored_dtype="bfloat16", cores=4).dtype == "bfloat16"
+
+
+def _cpuinfo(tmp_path: Path, flags: str) -> Path:
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"model name\t: Test CPU\nflags\t\t: fpu sse2 avx512f {flags}\n")
+    return path
+
+
+def test_bfloat16_is_chosen_on_a_cpu_only_where_a_measured_matmul_says_it_is_faster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(precision.CPU_DTYPE_ENV, raising=False)
+    state = tmp_path / "state"
+    # No native bfloat16: float32, and nothing measured.
+    assert not precision.cpu_bf16_pays(state, _cpuinfo(tmp_path, "avx512bw"))
+    assert not (state / precision.PROBE_FILE).exists()
+    # Native: both precisions timed once, the answer kept with the timings.
+    native = _cpuinfo(tmp_path, "avx512_bf16")
+    answer = precision.cpu_bf16_pays(state, native)
+    kept = json.loads((state / precision.PROBE_FILE).read_text())
+    [(key, entry)] = kept.items()
+    assert key.startswith("Test CPU | ")
+    assert " cores | torch " in key
+    assert entry["float32_ms"] > 0
+    assert entry["bfloat16_ms"] > 0
+    assert answer is entry["bfloat16_pays"]
+    assert answer == (entry["float32_ms"] >= 1.1 * entry["bfloat16_ms"])
+    # The kept answer is read, not measured again: flipped in the file, flipped in the answer.
+    entry["bfloat16_pays"] = not answer
+    (state / precision.PROBE_FILE).write_text(json.dumps(kept))
+    assert precision.cpu_bf16_pays(state, native) is (not answer)
+    # A damaged file is measured again and rewritten.
+    (state / precision.PROBE_FILE).write_text("{not json")
+    assert precision.cpu_bf16_pays(state, native) is answer
+    assert json.loads((state / precision.PROBE_FILE).read_text())[key]["bfloat16_pays"] is answer
+
+
+def test_the_environment_decides_the_cpu_precision_without_measuring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    for forced, want in (("bfloat16", True), ("float32", False)):
+        monkeypatch.setenv(precision.CPU_DTYPE_ENV, forced)
+        assert precision.cpu_bf16_pays(state, _cpuinfo(tmp_path, "avx512_bf16")) is want
+        assert precision.resolve("auto", on_gpu=False) == forced
+        assert precision.resolve("auto", on_gpu=True, stored_dtype="float32") == "float16"
+    assert not state.exists()
 
 
 def test_a_served_dtype_other_than_the_started_one_is_a_finding() -> None:
