@@ -3,6 +3,7 @@ could multiply with, on this CPU.
 
     .venv/bin/python benchmarks/bench_attention_kernel.py [--lengths 2048,8192] [--batch 4]
         [--heads 2] [--kv-heads 1] [--head-size 32] [--threads 1,2] [--seconds 3]
+        [--dtype bfloat16|float32]
 
 First the issue rate of 512-bit ``vdpbf16ps`` (bfloat16 pairs into float32) and of 512-bit
 ``vfmadd231ps`` (float32 FMA), 16 independent chains each, timed in a small C program built here
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--head-size", type=int, default=32)
     parser.add_argument("--threads", default=f"1,{os.cpu_count() or 1}")
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     args = parser.parse_args()
 
     import torch
@@ -107,14 +109,15 @@ def main() -> None:
         raise SystemExit("error: the attention kernel is not available on this CPU (see the log)")
     b, h, hk, d = args.batch, args.heads, args.kv_heads, args.head_size
     group = h // hk
-    print(f"batch {b}, {h} heads, {hk} KV heads, head size {d}, causal, no padding")
+    dtype = getattr(torch, args.dtype)
+    print(f"{args.dtype}, batch {b}, {h} heads, {hk} KV heads, head size {d}, causal, no padding")
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         for n in (int(x) for x in args.lengths.split(",")):
             torch.manual_seed(0)
-            q = torch.randn(b, h, n, d, dtype=torch.bfloat16)
-            k = torch.randn(b, hk, n, d, dtype=torch.bfloat16)
-            v = torch.randn(b, hk, n, d, dtype=torch.bfloat16)
+            q = torch.randn(b, h, n, d, dtype=dtype)
+            k = torch.randn(b, hk, n, d, dtype=dtype)
+            v = torch.randn(b, hk, n, d, dtype=dtype)
             ranges = torch.tensor([[0, n]] * b, dtype=torch.int32)
             kr, vr = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
             work = b * h * (n * n / 2) * d * 4

@@ -26,7 +26,8 @@ Where things are:
   connection, the slot that reopens it, request timeouts and the dead-server watch;
 - ``phases``: the closed-loop and open-loop phases, and one process's share of a level (warm-up,
   start gate, measured phase);
-- ``schedule``: the open loop's Poisson arrival schedule (:func:`poisson_schedule`);
+- ``schedule``: the open loop's arrival schedule (:func:`arrival_schedule`: Poisson, gamma of a
+  burstiness, or constant; :func:`poisson_schedule`);
 - ``processes``: the multi-process fan-out (shares, ``spawn`` workers, one agreed start instant);
 - ``records``: :class:`LevelRecords` (and its Arrow table) and the merge of processes' rows.
 """
@@ -37,11 +38,13 @@ from embedsweep.loadgen.connection import EMBEDDINGS_PATH, build_payloads
 from embedsweep.loadgen.connection import UNREACHABLE_S as UNREACHABLE_S
 from embedsweep.loadgen.level import run_level, run_level_sync
 from embedsweep.loadgen.records import LevelRecords
-from embedsweep.loadgen.schedule import poisson_schedule
+from embedsweep.loadgen.schedule import ARRIVALS, arrival_schedule, poisson_schedule
 
 __all__ = [
+    "ARRIVALS",
     "EMBEDDINGS_PATH",
     "LevelRecords",
+    "arrival_schedule",
     "build_payloads",
     "poisson_schedule",
     "run_level",

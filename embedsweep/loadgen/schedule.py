@@ -1,5 +1,6 @@
-"""The open loop's arrival schedule: a seeded Poisson process drawn before the clock starts,
-and the rate it actually offers."""
+"""The open loop's arrival schedule, drawn from a seed before the clock starts (a Poisson process,
+gamma-distributed gaps of a given burstiness, or a constant rate), and the rate it actually
+offers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import numpy as np
 import numpy.typing as npt
 
 from embedsweep.errors import ConfigError
+
+ARRIVALS = ("poisson", "gamma", "constant")
 
 # A schedule is held in memory as one int64 per arrival: refuse one that would not fit sensibly.
 _MAX_SCHEDULED = 100_000_000
@@ -24,6 +27,26 @@ def poisson_schedule(
     """Arrival times (ns after the clock start, ascending) of a Poisson process at ``rate`` per
     second: ``requests`` arrivals, or every arrival before ``duration_s``, or whichever set is
     smaller when both are given. The same arguments always give the same schedule."""
+    return arrival_schedule(rate, seed=seed, requests=requests, duration_s=duration_s)
+
+
+def arrival_schedule(
+    rate: float,
+    *,
+    seed: int,
+    kind: str = "poisson",
+    burstiness: float = 1.0,
+    requests: int | None = None,
+    duration_s: float | None = None,
+) -> npt.NDArray[np.int64]:
+    """Arrival times (ns after the clock start, ascending) at a mean of ``rate`` per second, as
+    :func:`poisson_schedule` counts them. KIND: ``poisson`` (exponential gaps), ``gamma`` (gaps of
+    shape BURSTINESS and the same mean: below 1 burstier than Poisson, 1 Poisson, above 1 more
+    even) or ``constant`` (every 1/rate s, the first at 1/rate)."""
+    if kind not in ARRIVALS:
+        raise ConfigError(f"arrival kind must be one of {', '.join(ARRIVALS)}, not {kind!r}")
+    if not (math.isfinite(burstiness) and burstiness > 0):
+        raise ConfigError(f"burstiness must be a positive number, got {burstiness}")
     if not (math.isfinite(rate) and rate > 0):
         raise ConfigError(f"rate must be a positive number of requests/s, got {rate}")
     if duration_s is not None:
@@ -39,15 +62,27 @@ def poisson_schedule(
         )
     rng = np.random.default_rng(seed)
     mean_gap_s = 1.0 / rate
-    if duration_s is None:
+
+    def gaps(size: int) -> npt.NDArray[np.float64]:
+        if kind == "gamma":
+            return rng.gamma(burstiness, mean_gap_s / burstiness, size=size)
+        return rng.exponential(mean_gap_s, size=size)
+
+    if kind == "constant":  # multiplied, not summed: no rounding drift over a long level
+        count = math.ceil(rate * duration_s) + 1 if duration_s is not None else requests
+        assert count is not None
+        arrivals_s = mean_gap_s * np.arange(1, count + 1, dtype=np.float64)
+        if duration_s is not None:
+            arrivals_s = arrivals_s[arrivals_s < duration_s][:requests]
+    elif duration_s is None:
         assert requests is not None
-        arrivals_s = np.cumsum(rng.exponential(mean_gap_s, size=requests))
+        arrivals_s = np.cumsum(gaps(requests))
     else:
         # Enough gaps that running short is a six-sigma event; the loop covers it anyway.
         count = int(expected + 6 * math.sqrt(expected) + 16)
-        arrivals_s = np.cumsum(rng.exponential(mean_gap_s, size=count))
+        arrivals_s = np.cumsum(gaps(count))
         while arrivals_s[-1] < duration_s and (requests is None or len(arrivals_s) < requests):
-            more = np.cumsum(rng.exponential(mean_gap_s, size=count)) + arrivals_s[-1]
+            more = np.cumsum(gaps(count)) + arrivals_s[-1]
             arrivals_s = np.concatenate([arrivals_s, more])
         arrivals_s = arrivals_s[arrivals_s < duration_s]
         if requests is not None:

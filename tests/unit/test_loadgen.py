@@ -24,6 +24,7 @@ import pytest
 from embedsweep.errors import ConfigError
 from embedsweep.loadgen import (
     LevelRecords,
+    arrival_schedule,
     build_payloads,
     poisson_schedule,
     run_level,
@@ -442,6 +443,63 @@ def test_poisson_schedule_is_reproducible_sorted_and_at_the_rate() -> None:
     # Exponential gaps: mean 1 ms, and the standard deviation equals the mean.
     assert gaps_ms.mean() == pytest.approx(1.0, rel=0.03)
     assert gaps_ms.std() == pytest.approx(1.0, rel=0.05)
+
+
+def _ks_statistic(sample: np.ndarray, cdf: Any) -> float:
+    """Kolmogorov-Smirnov distance between SAMPLE's empirical distribution and CDF."""
+    ordered = np.sort(sample)
+    n = len(ordered)
+    at = cdf(ordered)
+    return float(max((np.arange(1, n + 1) / n - at).max(), (at - np.arange(n) / n).max()))
+
+
+def test_poisson_gaps_pass_a_ks_test_at_the_rate_and_a_wrong_rate_fails_it() -> None:
+    rate, n = 250.0, 5_000
+    gaps_s = np.diff(arrival_schedule(rate, seed=11, requests=n)) / 1e9
+    critical = 1.36 / math.sqrt(len(gaps_s))  # 5% level
+    assert _ks_statistic(gaps_s, lambda x: 1 - np.exp(-rate * x)) < critical
+    # The test can fail: the same gaps against a rate 10% off are rejected.
+    assert _ks_statistic(gaps_s, lambda x: 1 - np.exp(-1.1 * rate * x)) > critical
+
+
+def test_gamma_gaps_keep_the_mean_and_burstiness_sets_their_spread() -> None:
+    from scipy import stats
+
+    rate = 100.0
+    for burstiness in (0.25, 1.0, 4.0):
+        gaps_s = np.diff(arrival_schedule(rate, seed=3, kind="gamma", burstiness=burstiness,
+                                          requests=20_000)) / 1e9  # fmt: skip
+        assert gaps_s.mean() == pytest.approx(1 / rate, rel=0.05)
+        # A gamma of shape k: the coefficient of variation is 1/sqrt(k).
+        assert gaps_s.std() / gaps_s.mean() == pytest.approx(1 / math.sqrt(burstiness), rel=0.06)
+        cdf = stats.gamma(burstiness, scale=1 / (rate * burstiness)).cdf
+        # Arrivals are whole nanoseconds: a gap is off by up to 1 ns, which moves the CDF of a
+        # bursty (shape < 1) gamma near zero by cdf(2 ns), ~1.5% at shape 0.25.
+        slack = float(cdf(2e-9))
+        assert _ks_statistic(gaps_s, cdf) < 1.36 / math.sqrt(len(gaps_s)) + slack
+    # Burstiness 1 is the Poisson process's distribution.
+    gaps_s = np.diff(arrival_schedule(rate, seed=4, kind="gamma", requests=5_000)) / 1e9
+    assert _ks_statistic(gaps_s, lambda x: 1 - np.exp(-rate * x)) < 1.36 / math.sqrt(4_999)
+
+
+def test_constant_arrivals_are_evenly_spaced_to_the_nanosecond() -> None:
+    schedule = arrival_schedule(40.0, seed=0, kind="constant", duration_s=2.0)
+    assert len(schedule) == 79  # 25 ms, 50 ms, ... 1.975 s: every arrival before 2 s
+    assert np.abs(schedule - 25_000_000 * np.arange(1, 80)).max() <= 1
+    assert np.array_equal(schedule, arrival_schedule(40.0, seed=9, kind="constant", requests=79))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "uniform"}, "arrival kind must be one of poisson, gamma, constant"),
+        ({"kind": "gamma", "burstiness": 0.0}, "burstiness must be a positive number"),
+        ({"kind": "gamma", "burstiness": math.inf}, "burstiness must be a positive number"),
+    ],
+)
+def test_bad_arrivals_are_config_errors(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        arrival_schedule(10.0, seed=0, requests=5, **kwargs)
 
 
 @pytest.mark.parametrize(
