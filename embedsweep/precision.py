@@ -52,32 +52,35 @@ _BF16_MARGIN = 1.1
 _PROBE_SHAPE = (2048, 384, 1536)
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """This CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
+def _cpuinfo(cpuinfo: Path) -> tuple[str, set[str]]:
+    """This CPU's model name and feature flags, from one read of CPUINFO (the platform's name and
+    no flags where it cannot be read)."""
+    model, flags = "", set[str]()
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
-        return set()
+        text = ""
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[-1].split())
-    return set()
+        if not model and line.startswith("model name"):
+            model = line.split(":", 1)[-1].strip()
+        elif line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            break
+    return model or platform.processor() or "unknown CPU", flags
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """This CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
+    return _cpuinfo(cpuinfo)[1]
+
+
+def _native_bf16(flags: set[str]) -> bool:
+    return any(flag in flags for flag in _BF16_FLAGS)
 
 
 def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU does bfloat16 matrix arithmetic in hardware."""
-    flags = cpu_flags(cpuinfo)
-    return any(flag in flags for flag in _BF16_FLAGS)
-
-
-def _cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    try:
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[-1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return _native_bf16(cpu_flags(cpuinfo))
 
 
 def _matmul_ms(dtype_name: str, repeats: int = 5) -> float:
@@ -122,7 +125,8 @@ def cpu_bf16_pays(state: Path | None = None, cpuinfo: Path = Path("/proc/cpuinfo
     forced = os.environ.get(CPU_DTYPE_ENV)
     if forced in ("bfloat16", "float32"):
         return forced == "bfloat16"
-    if not cpu_has_bf16(cpuinfo):
+    model, flags = _cpuinfo(cpuinfo)  # one read for both
+    if not _native_bf16(flags):
         return False
     if state is None:
         from embedsweep.engines.pidfiles import state_dir
@@ -130,7 +134,7 @@ def cpu_bf16_pays(state: Path | None = None, cpuinfo: Path = Path("/proc/cpuinfo
         state = state_dir()
     path = state / PROBE_FILE
     cores = len(os.sched_getaffinity(0))
-    key = f"{_cpu_model(cpuinfo)} | {cores} cores | torch {metadata.version('torch')}"
+    key = f"{model} | {cores} cores | torch {metadata.version('torch')}"
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
