@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -228,15 +229,24 @@ void rows(const T* qd, const float* kp, const float* vp, const int32_t* rd, T* o
   const int64_t KB = std::max<int64_t>(32, (4096 / D) / 32 * 32);
   const int64_t group = H / Hk;
   const int64_t blocks = (N + QB - 1) / QB;
-  at::parallel_for(0, B * H * blocks, 1, [&](int64_t begin, int64_t end) {
+  // Tasks are handed out one at a time from a shared counter, not split evenly up front: a
+  // thread the OS takes away for a while (the server tokenizing the next requests on the same
+  // cores) then costs the call its share of that time, not the whole of it, and causal blocks of
+  // unequal cost even out. Within a (batch, head) the last query block (the most keys) goes
+  // first, so the cheap ones are left for the end; both threads read the same keys meanwhile.
+  const int64_t tasks = B * H * blocks;
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     const int64_t stride = KB + 48;
     std::vector<float> scores(static_cast<size_t>(R * stride));
     std::vector<float> probs(static_cast<size_t>(R * stride), 0.0f);
     std::vector<float> outs(static_cast<size_t>(QB * D));
     std::vector<float> queries(static_cast<size_t>(QB * D));
     float top[QB], total[QB];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / (H * blocks), h = (task / blocks) % H, rb = task % blocks;
+    for (int64_t task = next.fetch_add(1); task < tasks; task = next.fetch_add(1)) {
+      const int64_t b = task / (H * blocks), h = (task / blocks) % H;
+      const int64_t rb = blocks - 1 - task % blocks;
       const int64_t start = rd[b * 2], stop = rd[b * 2 + 1];
       const int64_t first = std::max(rb * QB, start);
       const int64_t after = std::min(std::min(N, (rb + 1) * QB), stop);
